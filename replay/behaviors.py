@@ -1,0 +1,194 @@
+"""Data-collection behaviours (MMBench2 appendix D), all behind one small interface.
+
+A behaviour maps the low-dimensional state to an action in [-1, 1]. It is reset at the
+start of every episode with a generator, from which it draws everything random
+(including per-episode parameters), so an episode seed reproduces its actions.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import numpy as np
+
+
+class Behavior(ABC):
+    name: str = "behavior"
+
+    def __init__(self, action_dim: int):
+        self.action_dim = action_dim
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        """Action `float32 [action_dim]` in [-1, 1] for `state`."""
+        return np.clip(self.act(state), -1.0, 1.0).astype(np.float32)
+
+    @abstractmethod
+    def act(self, state: np.ndarray) -> np.ndarray: ...
+
+
+class RandomBehavior(Behavior):
+    """Uniform actions in [-1, 1]: diverse, low return."""
+
+    name = "random"
+
+    def act(self, state):
+        return self.rng.uniform(-1.0, 1.0, self.action_dim)
+
+
+class NoOpBehavior(Behavior):
+    """All-zero actions: the dynamics without the agent's interference."""
+
+    name = "noop"
+
+    def act(self, state):
+        return np.zeros(self.action_dim)
+
+
+class ExpertBehavior(Behavior):
+    """A task expert: any callable `state -> action` (scripted, analytic or learned)."""
+
+    name = "expert"
+
+    def __init__(self, action_dim: int, policy: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(action_dim)
+        self.policy = policy
+
+    def act(self, state):
+        return self.policy(state)
+
+
+class TransformedExpert(Behavior):
+    """Expert actions, now and then transformed for a random number of steps.
+
+    With probability `p_start` per step (when none is active) one of five transforms
+    starts and lasts U{1, max_steps} steps: scale by U(0.2, 2), action dropout (each dim
+    zeroed with probability 0.5), sign flip, all-zero, or repeat the previous action.
+    These give counterfactual transitions near the expert's state distribution.
+    """
+
+    name = "transformed"
+    TRANSFORMS = ("scale", "dropout", "flip", "zero", "repeat")
+
+    def __init__(self, expert: Behavior, p_start: float = 0.1, max_steps: int = 20):
+        super().__init__(expert.action_dim)
+        self.expert, self.p_start, self.max_steps = expert, p_start, max_steps
+
+    def reset(self, rng):
+        super().reset(rng)
+        self.expert.reset(rng)
+        self.active, self.steps_left, self.prev = None, 0, np.zeros(self.action_dim)
+
+    def act(self, state):
+        a = np.asarray(self.expert(state), np.float64)
+        if self.steps_left == 0 and self.rng.random() < self.p_start:
+            self.active = self.TRANSFORMS[self.rng.integers(len(self.TRANSFORMS))]
+            self.steps_left = int(self.rng.integers(1, self.max_steps + 1))
+            self.scale = self.rng.uniform(0.2, 2.0)
+        if self.steps_left > 0:
+            self.steps_left -= 1
+            a = {"scale": lambda: a * self.scale,
+                 "dropout": lambda: a * (self.rng.random(self.action_dim) >= 0.5),
+                 "flip": lambda: -a,
+                 "zero": lambda: np.zeros_like(a),
+                 "repeat": lambda: self.prev}[self.active]()
+        self.prev = np.clip(a, -1.0, 1.0)
+        return a
+
+
+class StructuredNoise(Behavior):
+    """Expert actions plus noise whose kind and parameters are drawn per episode.
+
+    kinds: ``"gaussian"`` (σ ~ U(0.1, 0.6)), ``"ou"`` (Ornstein–Uhlenbeck, temporally
+    correlated: θ ~ U(0.05, 0.3), σ ~ U(0.1, 0.4)), ``"mix"`` (convex mixture with a
+    uniform random action, weight α ~ U(0.2, 0.8)). With `kind=None` it is drawn per
+    episode too.
+    """
+
+    KINDS = ("gaussian", "ou", "mix")
+
+    def __init__(self, expert: Behavior, kind: str | None = None):
+        if kind is not None and kind not in self.KINDS:
+            raise ValueError(f"noise kind must be one of {self.KINDS}, got {kind!r}")
+        super().__init__(expert.action_dim)
+        self.expert, self.fixed_kind = expert, kind
+        self.name = f"noise-{kind}" if kind else "noise"
+
+    def reset(self, rng):
+        super().reset(rng)
+        self.expert.reset(rng)
+        self.kind = self.fixed_kind or self.KINDS[rng.integers(len(self.KINDS))]
+        self.sigma = rng.uniform(0.1, 0.6) if self.kind == "gaussian" else rng.uniform(0.1, 0.4)
+        self.theta = rng.uniform(0.05, 0.3)
+        self.alpha = rng.uniform(0.2, 0.8)
+        self.ou = np.zeros(self.action_dim)
+
+    def act(self, state):
+        a = np.asarray(self.expert(state), np.float64)
+        if self.kind == "gaussian":
+            return a + self.sigma * self.rng.standard_normal(self.action_dim)
+        if self.kind == "ou":
+            self.ou += -self.theta * self.ou + self.sigma * self.rng.standard_normal(self.action_dim)
+            return a + self.ou
+        return (1 - self.alpha) * a + self.alpha * self.rng.uniform(-1.0, 1.0, self.action_dim)
+
+
+class MixedBehavior(Behavior):
+    """Switches between behaviours within an episode, in segments of U{min_len, max_len} steps.
+
+    For example, noise for a while to reach rarely visited states, then the expert again,
+    which records recovery behaviour.
+    """
+
+    name = "mixed"
+
+    def __init__(self, behaviors: list[Behavior], min_len: int = 5, max_len: int = 50):
+        if not behaviors:
+            raise ValueError("MixedBehavior needs at least one behaviour")
+        super().__init__(behaviors[0].action_dim)
+        self.behaviors, self.min_len, self.max_len = behaviors, min_len, max_len
+
+    def reset(self, rng):
+        super().reset(rng)
+        for b in self.behaviors:
+            b.reset(rng)
+        self.steps_left = 0
+
+    def act(self, state):
+        if self.steps_left == 0:
+            self.current = self.behaviors[self.rng.integers(len(self.behaviors))]
+            self.steps_left = int(self.rng.integers(self.min_len, self.max_len + 1))
+        self.steps_left -= 1
+        return self.current(state)
+
+
+BEHAVIORS = ("random", "noop", "expert", "transformed", "noise", "noise-gaussian", "noise-ou",
+             "noise-mix", "mixed")
+
+
+def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavior] | None = None) -> Behavior:
+    """Build a behaviour by name (see `BEHAVIORS`).
+
+    Args:
+        expert: a factory for the task's expert; needed by every behaviour built on it
+            (all but ``random`` and ``noop``). See `replay.experts.make_expert`.
+    """
+    if name == "random":
+        return RandomBehavior(action_dim)
+    if name == "noop":
+        return NoOpBehavior(action_dim)
+    if name not in BEHAVIORS:
+        raise ValueError(f"unknown behavior {name!r}; choose from {', '.join(BEHAVIORS)}")
+    if expert is None:
+        raise ValueError(f"behavior {name!r} needs an expert for this task")
+    if name == "expert":
+        return expert()
+    if name == "transformed":
+        return TransformedExpert(expert())
+    if name.startswith("noise"):
+        return StructuredNoise(expert(), kind=name.split("-", 1)[1] if "-" in name else None)
+    return MixedBehavior([RandomBehavior(action_dim), NoOpBehavior(action_dim), expert(),
+                          TransformedExpert(expert()), StructuredNoise(expert())])

@@ -1,0 +1,155 @@
+"""`EpisodeStore`: a folder of episode files, with filtering and window sampling."""
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs import MAX_ACTION_DIM, task_index
+from replay.episode import LOAD_ERRORS, Episode
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    """Where an episode lives and what it is, read from its path without opening it."""
+
+    path: Path
+    task: str
+    behavior: str
+    length: int  # agent steps T (the file holds T + 1 frames)
+
+
+class EpisodeStore:
+    """Episodes under `root/<task>/<behavior>/<stamp>-<seed>-<id>-T<len>.npz`.
+
+    Episodes are loaded on first use and kept in memory (a 64 px frame is 12 KiB, so a
+    500-step episode is 6 MiB). A damaged file is skipped with a warning that names it.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._loaded: dict[Path, Episode] = {}
+        self._bad: set[Path] = set()
+
+    # ---- writing and listing ------------------------------------------------------------
+    def add(self, episode: Episode) -> Path:
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{episode.seed}-{uuid.uuid4().hex[:8]}-T{len(episode)}.npz"
+        return episode.save(self.root / episode.task / episode.behavior / name)
+
+    def episodes(self, task: str | None = None, behavior: str | None = None) -> list[EpisodeInfo]:
+        """Episode files in the store, optionally only one task and/or behaviour."""
+        infos = []
+        for path in sorted(self.root.glob("*/*/*.npz")):
+            if path in self._bad:
+                continue
+            t, b = path.parent.parent.name, path.parent.name
+            if (task is not None and t != task) or (behavior is not None and b != behavior):
+                continue
+            try:
+                length = int(path.stem.rsplit("-T", 1)[1])
+            except (IndexError, ValueError):
+                self._skip(path, "file name does not end in -T<length>")
+                continue
+            infos.append(EpisodeInfo(path, t, b, length))
+        return infos
+
+    def tasks(self) -> list[str]:
+        return sorted({i.task for i in self.episodes()})
+
+    def load(self, info: EpisodeInfo | str | Path) -> Episode | None:
+        """The episode (cached), or None with a warning when its file is damaged."""
+        path = Path(info.path if isinstance(info, EpisodeInfo) else info)
+        if path not in self._loaded:
+            try:
+                self._loaded[path] = Episode.load(path)
+            except LOAD_ERRORS as err:
+                self._skip(path, f"{type(err).__name__}: {err}")
+                return None
+        return self._loaded[path]
+
+    def _skip(self, path: Path, why: str) -> None:
+        self._bad.add(path)
+        warnings.warn(f"skipping damaged episode file {path} ({why})", RuntimeWarning, stacklevel=3)
+
+    # ---- sampling -----------------------------------------------------------------------
+    def sample(self, batch: int, seq_len: int, weighting: str = "frame", *, task: str | None = None,
+               behavior: str | None = None, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Sample `batch` windows of `seq_len` consecutive frames.
+
+        Args:
+            weighting: ``"frame"``: every window equally likely (long and frequent tasks
+                dominate). ``"task"``: uniform over tasks, then over that task's windows —
+                the coverage-aware sampler.
+
+        Returns a dict of tensors, with `L = seq_len` and `A = MAX_ACTION_DIM`:
+            frames `uint8 [B, L, 3, H, W]`; actions `float32 [B, L-1, A]` (zero-padded;
+            `actions[:, t]` takes frame t to t+1); rewards `float32 [B, L-1]`;
+            action_mask `bool [B, A]`; task_id `long [B]` (`envs.task_index`).
+        """
+        if weighting not in ("frame", "task"):
+            raise ValueError(f"weighting must be 'frame' or 'task', got {weighting!r}")
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2 (frames per window), got {seq_len}")
+        rng = rng if rng is not None else np.random.default_rng()
+        pool = [ep for ep in map(self.load, self.episodes(task, behavior))
+                if ep is not None and len(ep.frames) >= seq_len]
+        if not pool:
+            raise ValueError(f"no episode in {self.root} (task={task}, behavior={behavior}) "
+                             f"has {seq_len} frames or more")
+        n_windows = np.array([len(ep.frames) - seq_len + 1 for ep in pool], np.float64)
+        if weighting == "frame":
+            p = n_windows / n_windows.sum()
+        else:
+            tasks = np.array([ep.task for ep in pool])
+            per_task = {t: n_windows[tasks == t].sum() for t in set(tasks)}
+            p = np.array([w / per_task[t] for w, t in zip(n_windows, tasks)]) / len(per_task)
+        picks = rng.choice(len(pool), size=batch, p=p)
+        starts = [int(rng.integers(n_windows[i])) for i in picks]
+        return collate([pool[i] for i in picks], starts, seq_len)
+
+
+def collate(episodes: list[Episode], starts: list[int], seq_len: int) -> dict[str, torch.Tensor]:
+    """Cut windows `[start, start + seq_len)` from episodes and stack them (see `sample`)."""
+    shapes = {ep.frames.shape[1:] for ep in episodes}
+    if len(shapes) > 1:
+        raise ValueError(f"episodes have different frame shapes {sorted(shapes)}; sample one size at a time")
+    B = len(episodes)
+    actions = np.zeros((B, seq_len - 1, MAX_ACTION_DIM), np.float32)
+    mask = np.zeros((B, MAX_ACTION_DIM), bool)
+    for b, (ep, s) in enumerate(zip(episodes, starts)):
+        A = ep.actions.shape[1]
+        actions[b, :, :A] = ep.actions[s:s + seq_len - 1]
+        mask[b, :A] = True
+    return {
+        "frames": torch.from_numpy(np.stack([ep.frames[s:s + seq_len] for ep, s in zip(episodes, starts)])),
+        "actions": torch.from_numpy(actions),
+        "rewards": torch.from_numpy(np.stack([ep.rewards[s:s + seq_len - 1] for ep, s in zip(episodes, starts)])),
+        "action_mask": torch.from_numpy(mask),
+        "task_id": torch.tensor([task_index(ep.task) for ep in episodes], dtype=torch.long),
+    }
+
+
+class EpisodeDataset(torch.utils.data.IterableDataset):
+    """Endless stream of sampled batches for `DataLoader(ds, batch_size=None, num_workers=k)`.
+
+    Each worker opens the store itself and draws from its own seed, so workers never
+    repeat each other's batches.
+    """
+
+    def __init__(self, root: str | Path, batch: int, seq_len: int, weighting: str = "frame",
+                 task: str | None = None, behavior: str | None = None, seed: int = 0):
+        self.root, self.batch, self.seq_len, self.weighting = root, batch, seq_len, weighting
+        self.task, self.behavior, self.seed = task, behavior, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        store = EpisodeStore(self.root)
+        while True:
+            yield store.sample(self.batch, self.seq_len, self.weighting, task=self.task,
+                               behavior=self.behavior, rng=rng)
