@@ -1,0 +1,20 @@
+"""Collect pixel episodes into the episode store.
+
+    python experiments/collect.py task=toy-reach behavior=mixed episodes=50 num_envs=2
+"""
+from cli import entry_point
+from omegaconf import DictConfig
+
+from replay import collect
+
+
+@entry_point("collect")
+def main(cfg: DictConfig) -> None:
+    summary = collect(cfg.task, cfg.behavior, cfg.store, cfg.episodes, num_envs=cfg.num_envs,
+                      size=cfg.size, seed=cfg.seed, expert_dir=cfg.expert_dir, progress=cfg.progress)
+    print(summary.table())
+    print(f"wrote to {cfg.store}/{cfg.task}/")
+
+
+if __name__ == "__main__":
+    main()
