@@ -97,6 +97,8 @@ _INDEX = {name: i for i, name in enumerate(TASKS)}
 
 def task_spec(name: str) -> TaskSpec:
     """The `TaskSpec` for `name`; an unknown name raises `ValueError` listing close names."""
+    if not isinstance(name, str):
+        raise ValueError(f"task must be a registry name (str), got {type(name).__name__}")
     if name not in TASKS:
         close = difflib.get_close_matches(name, TASKS, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else " See envs.TASKS for all names."
