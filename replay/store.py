@@ -6,6 +6,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,14 +42,17 @@ class EpisodeStore:
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{episode.seed}-{uuid.uuid4().hex[:8]}-T{len(episode)}.npz"
         return episode.save(self.root / episode.task / episode.behavior / name)
 
-    def episodes(self, task: str | None = None, behavior: str | None = None) -> list[EpisodeInfo]:
-        """Episode files in the store, optionally only one task and/or behaviour."""
+    def episodes(self, task: str | Sequence[str] | None = None,
+                 behavior: str | Sequence[str] | None = None) -> list[EpisodeInfo]:
+        """Episode files in the store, optionally only some tasks and/or behaviours."""
+        task = [task] if isinstance(task, str) else task
+        behavior = [behavior] if isinstance(behavior, str) else behavior
         infos = []
         for path in sorted(self.root.glob("*/*/*.npz")):
             if path in self._bad:
                 continue
             t, b = path.parent.parent.name, path.parent.name
-            if (task is not None and t != task) or (behavior is not None and b != behavior):
+            if (task is not None and t not in task) or (behavior is not None and b not in behavior):
                 continue
             try:
                 length = int(path.stem.rsplit("-T", 1)[1])
@@ -77,9 +81,14 @@ class EpisodeStore:
         warnings.warn(f"skipping damaged episode file {path} ({why})", RuntimeWarning, stacklevel=3)
 
     # ---- sampling -----------------------------------------------------------------------
-    def sample(self, batch: int, seq_len: int, weighting: str = "frame", *, task: str | None = None,
-               behavior: str | None = None, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample(self, batch: int, seq_len: int, weighting: str = "frame", *,
+               task: str | Sequence[str] | None = None, behavior: str | Sequence[str] | None = None,
+               episodes: Sequence[EpisodeInfo] | None = None,
+               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """Sample `batch` windows of `seq_len` consecutive frames.
+
+        Draws from `episodes` when given (e.g. a train split), else from every episode
+        matching `task` and `behavior`.
 
         Args:
             weighting: ``"frame"``: every window equally likely (long and frequent tasks
@@ -96,7 +105,8 @@ class EpisodeStore:
         if seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (frames per window), got {seq_len}")
         rng = rng if rng is not None else np.random.default_rng()
-        pool = [ep for ep in map(self.load, self.episodes(task, behavior))
+        infos = self.episodes(task, behavior) if episodes is None else episodes
+        pool = [ep for ep in map(self.load, infos)
                 if ep is not None and len(ep.frames) >= seq_len]
         if not pool:
             raise ValueError(f"no episode in {self.root} (task={task}, behavior={behavior}) "

@@ -1,0 +1,107 @@
+"""The `WorldModel` contract every model implements, and its `Imagination` result."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Imagination:
+    """What `WorldModel.imagine` returns for B rollouts of H steps.
+
+    Attributes:
+        latents: `[B, H, ...]` predicted latent of each imagined frame (seed 0).
+        rewards: `[B, H]` predicted reward of each action (mean over seeds).
+        frames: `[B, H, 3, h, w]` in [0, 1] when `decode=True` (seed 0).
+        policy_actions: `[B, H, A]` the BC head's action at the frame each step starts from
+            (the context's last frame, then the imagined ones), when the model has one. For a
+            policy rollout (`actions=None`) these are the actions that were imagined.
+        signals: name -> `[B, H]` natively computed uncertainty signals that were asked for.
+        seed_latents: `[S, B, H, ...]` latents of every seed when `seeds = S > 1`.
+    """
+
+    latents: Tensor
+    rewards: Tensor
+    frames: Tensor | None = None
+    policy_actions: Tensor | None = None
+    signals: dict[str, Tensor] = field(default_factory=dict)
+    seed_latents: Tensor | None = None
+
+
+class WorldModel(nn.Module, ABC):
+    """A pixel world model. Frames are `[B, T, 3, H, W]`, uint8 in [0, 255] or float in [0, 1].
+
+    Training runs in `phases` (e.g. tokenizer, then dynamics); `loss(batch, phase)` is the
+    objective of one phase and `phase_parameters(phase)` what it trains.
+    """
+
+    name: str
+    action_dim: int
+    phases: tuple[str, ...]
+    native_signals: tuple[str, ...] = ()
+
+    @abstractmethod
+    def encode(self, frames: Tensor) -> Tensor:
+        """`[B, T, 3, H, W]` -> latents `[B, T, ...]`."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents `[B, T, ...]` -> frames `[B, T, 3, H, W]` float in [0, 1]."""
+
+    @abstractmethod
+    def imagine(self, obs: Tensor, actions: Tensor, *, context_actions: Tensor | None = None,
+                decode: bool = False, seeds: int = 1, signals: tuple[str, ...] = (),
+                task: str | None = None) -> Imagination:
+        """Roll out `actions` from `obs`.
+
+        Args:
+            obs: one frame `[B, 3, H, W]` or a context `[B, T0, 3, H, W]`.
+            actions: `[B, H, A]`, or `[N, H, A]` with `B == 1` (one context, N candidate plans).
+            context_actions: `[B, T0 - 1, A]`, the actions between the context frames.
+            decode: also render the imagined frames.
+            seeds: independent samples per rollout (see `Imagination.seed_latents`).
+            signals: native uncertainty signals to compute (see `native_signals`).
+            task: the task being imagined (defaults to the model's first training task).
+        """
+
+    @abstractmethod
+    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss of one training phase on a batch from `EpisodeStore.sample`, and metrics."""
+
+    @abstractmethod
+    def prediction_error(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Per-sequence one-step prediction loss of the dynamics `[B]` (the quantity whose
+        rise under shuffled actions measures how much the model uses actions)."""
+
+    @abstractmethod
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        """The parameters that `phase` trains."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def to_float_frames(frames: Tensor) -> Tensor:
+    """uint8 frames in [0, 255] -> float32 in [0, 1]; float frames pass through."""
+    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+
+
+def check_actions(actions: Tensor, action_dim: int) -> Tensor:
+    """Validate `[B, H, A]` actions (A <= action_dim) and zero-pad them to `action_dim`."""
+    if actions.ndim != 3:
+        raise ValueError(f"actions must be [B, H, A], got shape {tuple(actions.shape)}")
+    if actions.shape[-1] > action_dim:
+        raise ValueError(f"actions have {actions.shape[-1]} dims, the model takes at most {action_dim}")
+    if not torch.isfinite(actions).all():
+        raise ValueError("actions contain non-finite values")
+    return nn.functional.pad(actions.float(), (0, action_dim - actions.shape[-1]))
+
+
+def psnr_from_mse(err: Tensor) -> Tensor:
+    """PSNR in dB of frames in [0, 1] with mean squared error `err` (capped at 100 dB)."""
+    return -10 * torch.log10(err.clamp(min=1e-10))

@@ -1,0 +1,296 @@
+"""`Dreamer4`: MAE tokenizer + shortcut-flow block-causal dynamics behind `WorldModel`."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from envs import task_index, task_spec
+from world_models.blocks import RunningRMS
+from world_models.base import Imagination, WorldModel, check_actions, to_float_frames
+from world_models.dreamer4.config import Dreamer4Config
+from world_models.dreamer4.dynamics import Context, Dynamics, flow_weight, reward_loss
+from world_models.dreamer4.tokenizer import Tokenizer
+
+
+class Dreamer4(WorldModel):
+    name = "dreamer4"
+    phases = ("tokenizer", "dynamics")
+    native_signals = ("flow_instability",)
+
+    def __init__(self, cfg: Dreamer4Config, tasks: tuple[str, ...] = ("toy-reach",)):
+        super().__init__()
+        self.cfg, self.tasks = cfg, tuple(tasks)
+        self.action_dim = cfg.action_dim
+        self.tokenizer = Tokenizer(cfg)
+        self.dynamics = Dynamics(cfg)
+        self.dyn_rms = nn.ModuleDict({k: RunningRMS() for k in ("flow", "bootstrap", "reward", "bc")})
+        self.register_buffer("dyn_step", torch.zeros((), dtype=torch.long))
+
+    def config_dict(self) -> dict:
+        return {"name": self.name, "tasks": list(self.tasks), "config": asdict(self.cfg)}
+
+    # ---- tokenizer ------------------------------------------------------------------------
+    def encode(self, frames: Tensor) -> Tensor:
+        """`[B, T, 3, H, W]` -> latents `[B, T, n_latents, d_bottleneck]`."""
+        B = frames.shape[0]
+        z = self.tokenizer.encode(rearrange(to_float_frames(frames), "b t c h w -> (b t) c h w"))
+        return rearrange(z, "(b t) n d -> b t n d", b=B)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents `[B, T, n_latents, d_bottleneck]` -> frames `[B, T, 3, H, W]` in [0, 1]."""
+        B = latents.shape[0]
+        x = self.tokenizer.decode(rearrange(latents, "b t n d -> (b t) n d")).clamp(0, 1)
+        return rearrange(x, "(b t) c h w -> b t c h w", b=B)
+
+    # ---- training -------------------------------------------------------------------------
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        if phase == "tokenizer":
+            return self.tokenizer.parameters()
+        if phase == "dynamics":
+            return self.dynamics.parameters()
+        raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")
+
+    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
+        frames = to_float_frames(batch["frames"].to(self.device))
+        if phase == "tokenizer":
+            return self.tokenizer.loss(rearrange(frames, "b t c h w -> (b t) c h w"))
+        if phase != "dynamics":
+            raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")
+        with torch.no_grad():
+            x = self.dynamics.pack(self.encode(frames))  # clean packed latents [B, T, S, ds]
+        prev, prev_mask = self._previous_actions(batch)
+        task = batch["task_id"].to(self.device)
+        loss, metrics = self._flow_loss(x, prev, prev_mask, task)
+        if self.dynamics.heads is not None:
+            l_heads, m_heads = self._heads_loss(x, prev, prev_mask, task, batch)
+            loss, metrics = loss + l_heads, {**metrics, **m_heads}
+        if self.training:
+            self.dyn_step += 1
+        return loss, metrics
+
+    @torch.no_grad()
+    def prediction_error(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """One-step flow MSE per sequence `[B]`: x-prediction error at τ drawn on the finest
+        grid, over frames 1..T-1 (frame 0 has no action). With the same generator, the
+        noise and τ are identical across calls, so only the inputs differ."""
+        frames = to_float_frames(batch["frames"].to(self.device))
+        x = self.dynamics.pack(self.encode(frames))
+        prev, prev_mask = self._previous_actions(batch)
+        B, T = x.shape[:2]
+        cfg, dyn = self.cfg, self.dynamics
+        tau_idx = torch.randint(0, cfg.k_max, (B, T), generator=generator).to(self.device)
+        noise = torch.randn(x.shape, generator=generator).to(self.device)
+        tau = (tau_idx.float() / cfg.k_max)[..., None, None]
+        z = (1 - tau) * noise + tau * x
+        step = torch.full((B, T), int(math.log2(cfg.k_max)), device=self.device)
+        x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, batch["task_id"].to(self.device)))[0])
+        return (x_hat - x)[:, 1:].pow(2).mean((1, 2, 3))
+
+    def _previous_actions(self, batch) -> tuple[Tensor, Tensor]:
+        """Action (and mask) that led to each frame: `[B, T, A]`, zero at the first frame."""
+        actions, mask = batch["actions"].to(self.device), batch["action_mask"].to(self.device)
+        B, T1, A = actions.shape
+        prev = F.pad(actions, (0, 0, 1, 0))
+        prev_mask = mask[:, None, :].expand(B, T1 + 1, A).clone()
+        prev_mask[:, 0] = False
+        return prev, prev_mask
+
+    def _flow_loss(self, x, prev, prev_mask, task) -> tuple[Tensor, dict[str, float]]:
+        """Shortcut flow matching: empirical rows at the finest step, bootstrap rows at
+        coarser steps whose target is two half steps of the model itself (stop-gradient)."""
+        cfg, dyn = self.cfg, self.dynamics
+        B, T = x.shape[:2]
+        e_max = int(math.log2(cfg.k_max))
+        n_boot = round(cfg.self_consistency * B) if self.dyn_step >= cfg.bootstrap_start and e_max > 0 else 0
+        step = torch.full((B, T), e_max, device=x.device)
+        if n_boot:
+            step[:n_boot] = torch.randint(0, e_max, (n_boot, 1), device=x.device).expand(n_boot, T)
+        n_levels = 2 ** step  # grid of d = 1 / 2^e: τ in {0, d, ..., 1 - d}
+        tau_idx = (torch.rand(B, T, device=x.device) * n_levels).floor().long() * (cfg.k_max // n_levels)
+        tau = (tau_idx.float() / cfg.k_max)[..., None, None]
+        noise = torch.randn_like(x)
+        z = (1 - tau) * noise + tau * x
+        x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, task))[0])
+        w = flow_weight(tau)
+        emp = (w * (x_hat - x).pow(2))[n_boot:].mean()
+        loss = self.dyn_rms["flow"](emp)
+        metrics = {"dyn/flow_mse": (x_hat - x)[n_boot:].pow(2).mean().item()}
+        if n_boot:
+            sl = slice(0, n_boot)
+            target_v = self._bootstrap_velocity(z[sl], tau_idx[sl], step[sl], prev[sl], prev_mask[sl], task[sl])
+            v_hat = (x_hat[sl] - z[sl]) / (1 - tau[sl])
+            boot = (w[sl] * (1 - tau[sl]).pow(2) * (v_hat - target_v).pow(2)).mean()
+            loss = loss + self.dyn_rms["bootstrap"](boot)
+            metrics["dyn/bootstrap"] = boot.item()
+        return loss, metrics
+
+    @torch.no_grad()
+    def _bootstrap_velocity(self, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
+        """Average velocity of two half steps (size d/2) from z at τ: the shortcut target."""
+        dyn, k = self.dynamics, self.cfg.k_max
+        half_idx = k // (2 ** (step + 1))  # d/2 in units of 1/k_max
+        tau = (tau_idx.float() / k)[..., None, None]
+        half = (half_idx.float() / k)[..., None, None]
+        x1 = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step + 1, prev, prev_mask, task))[0])
+        v1 = (x1 - z) / (1 - tau)
+        z_mid = z + half * v1
+        x2 = dyn.predict_clean(dyn(dyn.tokens(z_mid, tau_idx + half_idx, step + 1, prev, prev_mask, task))[0])
+        v2 = (x2 - z_mid) / (1 - tau - half)
+        return (v1 + v2) / 2
+
+    def _heads_loss(self, x, prev, prev_mask, task, batch) -> tuple[Tensor, dict[str, float]]:
+        """Reward and BC losses on a pass with every frame at the sampling context noise level,
+        i.e. what the heads see during imagination. Gradients reach the dynamics."""
+        dyn, cfg = self.dynamics, self.cfg
+        B, T = x.shape[:2]
+        tau_idx = torch.full((B, T), round(cfg.context_tau * cfg.k_max), device=x.device)
+        step = torch.full((B, T), int(math.log2(cfg.k_max)), device=x.device)
+        z = (1 - cfg.context_tau) * torch.randn_like(x) + cfg.context_tau * x
+        pooled = dyn.heads.pool(dyn.agent_out(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, task))[0]))
+        loss, metrics = x.new_zeros(()), {}
+        if dyn.heads.reward is not None:
+            rl = reward_loss(dyn.heads, pooled, batch["rewards"].to(x.device))
+            loss = loss + self.dyn_rms["reward"](rl)
+            metrics["dyn/reward_ce"] = rl.item()
+        if dyn.heads.policy is not None:
+            bc = (dyn.heads.action(pooled[:, :-1]) - batch["actions"].to(x.device)).pow(2).mean()
+            loss = loss + self.dyn_rms["bc"](bc)
+            metrics["dyn/bc_mse"] = bc.item()
+        return loss, metrics
+
+    # ---- imagination ----------------------------------------------------------------------
+    def task_tensor(self, task: str | None, batch: int) -> Tensor:
+        name = task if task is not None else self.tasks[0]
+        return torch.full((batch,), task_index(name), dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def imagine(self, obs: Tensor, actions: Tensor | None, *, context_actions: Tensor | None = None,
+                decode: bool = False, seeds: int = 1, signals: tuple[str, ...] = (),
+                task: str | None = None, horizon: int | None = None, cached: bool = True,
+                generator: torch.Generator | None = None) -> Imagination:
+        """See `WorldModel.imagine`. Dreamer-4 extras:
+
+        Args:
+            actions: `None` rolls out the BC policy for `horizon` steps instead.
+            cached: reuse keys/values of the past (`False` recomputes the whole context at
+                every substep; the reference the cache is tested against).
+            generator: torch generator for the sampling noise.
+        """
+        unknown = set(signals) - set(self.native_signals)
+        if unknown:
+            raise ValueError(f"dreamer4 computes {self.native_signals} natively, not {sorted(unknown)}")
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        obs = obs[:, None] if obs.ndim == 4 else obs
+        if obs.ndim != 5:
+            raise ValueError(f"obs must be [B, 3, H, W] or [B, T0, 3, H, W], got {tuple(obs.shape)}")
+        B, T0 = obs.shape[:2]
+        if actions is None:
+            if self.dynamics.heads is None or self.dynamics.heads.policy is None or horizon is None:
+                raise ValueError("actions=None rolls out the BC policy: needs a BC head and a horizon")
+            n, H, plan = B, horizon, None
+        else:
+            plan = check_actions(actions.to(self.device), self.action_dim)
+            n, H = plan.shape[:2]
+            if n != B and B != 1:
+                raise ValueError(f"actions batch {n} must equal obs batch {B}, or obs batch must be 1")
+        mask_dims = task_spec(task or self.tasks[0]).action_dim if actions is None else actions.shape[-1]
+        ctx = Context(self.dynamics, cached)
+        h_ctx = ctx.append(self._context_tokens(obs, context_actions, task, generator))
+        pooled = self._pool(h_ctx[:, -1:])
+        rows = n * seeds
+        if rows != B:
+            ctx.repeat(rows // B)
+            pooled = None if pooled is None else pooled.repeat(rows // B, 1, 1)
+        task_ids = self.task_tensor(task, rows)
+        plan = None if plan is None else plan.repeat(seeds, 1, 1)
+        first_action = None if pooled is None or self.dynamics.heads.policy is None else \
+            self.dynamics.heads.action(pooled)[:, 0]
+        out = self._rollout(ctx, H, plan, first_action, mask_dims, task_ids, generator,
+                            want_instability="flow_instability" in signals)
+        lat = rearrange(out["latents"], "(s n) h ... -> s n h ...", s=seeds)
+        result = Imagination(latents=lat[0], rewards=rearrange(out["rewards"], "(s n) h -> s n h", s=seeds).mean(0),
+                             seed_latents=lat if seeds > 1 else None)
+        if out["policy"] is not None:
+            result.policy_actions = rearrange(out["policy"], "(s n) h a -> s n h a", s=seeds)[0]
+        if "flow_instability" in signals:
+            result.signals["flow_instability"] = rearrange(out["instability"], "(s n) h -> s n h", s=seeds).mean(0)
+        if decode:
+            result.frames = self.decode(lat[0])
+        return result
+
+    def _context_tokens(self, obs, context_actions, task, generator) -> Tensor:
+        """Tokens of the context frames at the context noise level `[B, T0, N, C]`."""
+        cfg, dyn = self.cfg, self.dynamics
+        B, T0 = obs.shape[:2]
+        x = dyn.pack(self.encode(obs.to(self.device)))
+        prev = torch.zeros(B, T0, self.action_dim, device=self.device)
+        prev_mask = torch.zeros(B, T0, self.action_dim, dtype=torch.bool, device=self.device)
+        if T0 > 1:
+            if context_actions is None or context_actions.shape[:2] != (B, T0 - 1):
+                raise ValueError(f"a context of {T0} frames needs context_actions [B={B}, {T0 - 1}, A]")
+            prev[:, 1:] = check_actions(context_actions.to(self.device), self.action_dim)
+            prev_mask[:, 1:, : context_actions.shape[-1]] = True
+        return self._commit_tokens(x, prev, prev_mask, self.task_tensor(task, B), generator)
+
+    def _commit_tokens(self, x, prev, prev_mask, task, generator) -> Tensor:
+        """Tokens of finished frames `x [B, T, S, ds]`, corrupted to the context level."""
+        cfg, dyn = self.cfg, self.dynamics
+        B, T = x.shape[:2]
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        z = (1 - cfg.context_tau) * noise + cfg.context_tau * x
+        tau_idx = torch.full((B, T), round(cfg.context_tau * cfg.k_max), device=x.device)
+        step = torch.full((B, T), int(math.log2(cfg.k_max)), device=x.device)
+        return dyn.tokens(z, tau_idx, step, prev, prev_mask, task)
+
+    def _pool(self, h: Tensor) -> Tensor | None:
+        heads = self.dynamics.heads
+        return None if heads is None else heads.pool(self.dynamics.agent_out(h))
+
+    def _rollout(self, ctx: Context, H: int, plan: Tensor | None, first_action: Tensor | None,
+                 mask_dims: int, task: Tensor, generator, want_instability: bool) -> dict:
+        """Sample H frames autoregressively: K shortcut Euler substeps per frame, each reading
+        the (cached) past; then the finished frame is appended to the past."""
+        cfg, dyn = self.cfg, self.dynamics
+        rows = task.shape[0]
+        K = cfg.sample_steps
+        step_idx = int(math.log2(K))
+        act_mask = torch.zeros(rows, 1, self.action_dim, dtype=torch.bool, device=self.device)
+        act_mask[..., :mask_dims] = True
+        latents, rewards, policy, instability = [], [], [], []
+        suggestion = None if first_action is None else first_action * act_mask[:, 0]
+        for h in range(H):
+            if suggestion is not None:
+                policy.append(suggestion)
+            a = (plan[:, h] if plan is not None else suggestion)[:, None]  # [rows, 1, A]
+            z = torch.randn(rows, 1, dyn.n_spatial, dyn.d_spatial, generator=generator, device=self.device)
+            preds = []
+            for k in range(K):
+                tau_idx = torch.full((rows, 1), k * cfg.k_max // K, device=self.device)
+                step = torch.full((rows, 1), step_idx, device=self.device)
+                x_hat = dyn.predict_clean(ctx.query(dyn.tokens(z, tau_idx, step, a, act_mask, task)))
+                tau = k / K
+                z = z + (x_hat - z) / (1 - tau) / K
+                preds.append(x_hat)
+            if want_instability:
+                moves = [(preds[k] - preds[k - 1]).pow(2).mean((1, 2, 3)).sqrt() for k in range(max(1, K // 2), K)]
+                instability.append(torch.stack(moves).mean(0) if moves else torch.zeros(rows, device=self.device))
+            h_new = ctx.append(self._commit_tokens(z, a, act_mask, task, generator))
+            latents.append(dyn.unpack(z[:, 0]))
+            pooled = self._pool(h_new)
+            if pooled is not None and dyn.heads.reward is not None:
+                rewards.append(dyn.heads.twohot.decode(dyn.heads.reward_logits(pooled)[:, 0, 0]))
+            else:
+                rewards.append(torch.zeros(rows, device=self.device))
+            if pooled is not None and dyn.heads.policy is not None:
+                suggestion = dyn.heads.action(pooled)[:, 0] * act_mask[:, 0]
+        return {"latents": torch.stack(latents, 1), "rewards": torch.stack(rewards, 1),
+                "policy": torch.stack(policy, 1) if policy else None,
+                "instability": torch.stack(instability, 1) if instability else None}
+

@@ -1,0 +1,122 @@
+"""Masked-autoencoder transformer tokenizer (Dreamer 4, hallucination paper §3 and app. F).
+
+The encoder reads patch tokens and `n_latents` learnable latent queries; latents read
+everything, patches read only patches. The latents are projected through a tanh
+bottleneck to `[n_latents, d_bottleneck]`. The decoder reads the latents and one query per
+patch; patch queries read the latents (and themselves) but not each other, so a frame is
+reconstructed from its latents alone.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from world_models.base import psnr_from_mse
+from world_models.blocks import Block, RMSNorm, RunningRMS, patchify, unpatchify
+from world_models.dreamer4.config import Dreamer4Config
+
+
+def encoder_mask(n_lat: int, n_patch: int) -> Tensor:
+    """`bool [n_lat + n_patch, n_lat + n_patch]`: latents read all, patches read patches."""
+    m = torch.ones(n_lat + n_patch, n_lat + n_patch, dtype=torch.bool)
+    m[n_lat:, :n_lat] = False
+    return m
+
+
+def decoder_mask(n_lat: int, n_patch: int) -> Tensor:
+    """Latents read latents; each patch reads the latents and itself only."""
+    m = torch.zeros(n_lat + n_patch, n_lat + n_patch, dtype=torch.bool)
+    m[:, :n_lat] = True
+    m[n_lat:, n_lat:] = torch.eye(n_patch, dtype=torch.bool)
+    return m
+
+
+class Tokenizer(nn.Module):
+    """`encode(frames [B, 3, H, W] in [0, 1]) -> latents [B, n_latents, d_bottleneck] in (-1, 1)`;
+    `decode(latents) -> frames [B, 3, H, W]`."""
+
+    def __init__(self, cfg: Dreamer4Config):
+        super().__init__()
+        self.cfg = cfg
+        d, n_lat = cfg.tok_dim, cfg.n_latents
+        self.n_patch = (cfg.image_size // cfg.patch) ** 2
+        patch_dim = 3 * cfg.patch ** 2
+        self.patch_in = nn.Linear(patch_dim, d)
+        self.patch_pos = nn.Parameter(torch.randn(self.n_patch, d) * 0.02)
+        self.latent_queries = nn.Parameter(torch.randn(n_lat, d) * 0.02)
+        self.mask_token = nn.Parameter(torch.zeros(d))
+        self.encoder = nn.ModuleList(Block(d, cfg.tok_heads, cfg.mlp_ratio, rope=False) for _ in range(cfg.tok_depth))
+        self.enc_norm = RMSNorm(d)
+        self.to_bottleneck = nn.Linear(d, cfg.d_bottleneck)
+        self.from_bottleneck = nn.Linear(cfg.d_bottleneck, d)
+        self.decoder_queries = nn.Parameter(torch.randn(self.n_patch, d) * 0.02)
+        self.decoder = nn.ModuleList(Block(d, cfg.tok_heads, cfg.mlp_ratio, rope=False) for _ in range(cfg.tok_depth))
+        self.dec_norm = RMSNorm(d)
+        self.patch_out = nn.Linear(d, patch_dim)
+        self.register_buffer("enc_mask", encoder_mask(n_lat, self.n_patch), persistent=False)
+        self.register_buffer("dec_mask", decoder_mask(n_lat, self.n_patch), persistent=False)
+        self.mse_rms, self.lpips_rms = RunningRMS(), RunningRMS()
+
+    def encode(self, frames: Tensor, patch_mask: Tensor | None = None) -> Tensor:
+        """frames `[B, 3, H, W]` in [0, 1]; `patch_mask [B, n_patch]` True = replaced by the
+        mask token. Returns latents `[B, n_latents, d_bottleneck]`."""
+        x = self.patch_in(patchify(frames, self.cfg.patch))
+        if patch_mask is not None:
+            x = torch.where(patch_mask[..., None], self.mask_token.to(x.dtype), x)
+        x = torch.cat([self.latent_queries.expand(len(x), -1, -1), x + self.patch_pos], dim=1)
+        for block in self.encoder:
+            x = block(x, mask=self.enc_mask)
+        return torch.tanh(self.to_bottleneck(self.enc_norm(x[:, :self.cfg.n_latents])))
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents `[B, n_latents, d_bottleneck]` -> frames `[B, 3, H, W]` (unclamped)."""
+        x = torch.cat([self.from_bottleneck(latents), self.decoder_queries.expand(len(latents), -1, -1)], dim=1)
+        for block in self.decoder:
+            x = block(x, mask=self.dec_mask)
+        patches = self.patch_out(self.dec_norm(x[:, self.cfg.n_latents:]))
+        return unpatchify(patches, self.cfg.patch, self.cfg.image_size)
+
+    def draw_patch_mask(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        """Per frame, mask a fraction `1 - keep` of the patches, keep ~ U(keep_range); at
+        least one patch is always masked so every frame contributes to the loss."""
+        lo, hi = self.cfg.mae_keep_range
+        keep = torch.rand(batch, 1, generator=generator) * (hi - lo) + lo
+        n_mask = ((1 - keep) * self.n_patch).round().clamp(min=1)
+        ranks = torch.rand(batch, self.n_patch, generator=generator).argsort(1).argsort(1)
+        return (ranks < n_mask).to(self.patch_pos.device)
+
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """MAE loss on frames `[B, 3, H, W]` in [0, 1]: pixel MSE (+ LPIPS when available) on
+        the masked patches, each term divided by its running RMS."""
+        mask = self.draw_patch_mask(len(frames))
+        recon = self.decode(self.encode(frames, mask))
+        err = (patchify(recon, self.cfg.patch) - patchify(frames, self.cfg.patch)).pow(2).mean(-1)
+        mse = (err * mask).sum() / mask.sum()
+        total = self.mse_rms(mse)
+        metrics = {"tok/mse": mse.item(), "tok/psnr": psnr_from_mse(mse).item()}
+        lp = lpips_net(frames.device) if self.cfg.lpips_weight > 0 else None
+        if lp is not None:
+            lpips = lp(recon.clamp(0, 1) * 2 - 1, frames * 2 - 1).mean()
+            total = total + self.cfg.lpips_weight * self.lpips_rms(lpips)
+            metrics["tok/lpips"] = lpips.item()
+        return total, metrics
+
+
+@functools.lru_cache(maxsize=None)
+def lpips_net(device: torch.device):
+    """Frozen `lpips.LPIPS(net="alex")` on `device`, or None (with one warning) when the
+    package or its backbone weights cannot be loaded here."""
+    try:
+        import lpips
+        net = lpips.LPIPS(net="alex", verbose=False).eval().to(device)
+    except Exception as err:  # ImportError, or torchvision / weight download failures
+        warnings.warn(f"LPIPS unavailable ({type(err).__name__}: {err}); the tokenizer trains "
+                      "with pixel MSE only", RuntimeWarning, stacklevel=2)
+        return None
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+

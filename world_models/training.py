@@ -1,0 +1,132 @@
+"""Phase-by-phase training of any `WorldModel` from an `EpisodeStore`.
+
+AdamW per phase (only that phase's parameters train), bf16 autocast on CUDA, a progress
+bar, TensorBoard logs (losses, metrics, image grids of real frames over model frames), and
+an atomic checkpoint every `ckpt_every` steps; a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from envs import TASKS
+from replay import EpisodeInfo, EpisodeStore
+from world_models.base import WorldModel
+from world_models.checkpoint import find_checkpoint, load_trainer_state, load_weights, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: dict[str, int]           # steps per phase
+    batch: int = 16
+    seq_len: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    weighting: str = "frame"        # "task": coverage-aware, uniform over tasks
+    ckpt_every: int = 500
+    log_every: int = 25
+    image_every: int = 250
+    seed: int = 0
+    progress: bool = True
+
+
+def split_episodes(store: EpisodeStore, tasks, holdout: float, seed: int = 0) -> tuple[list[EpisodeInfo], list[EpisodeInfo]]:
+    """Deterministic train / held-out split of the episodes of `tasks` (by episode)."""
+    infos = store.episodes(task=list(tasks))
+    if not infos:
+        raise ValueError(f"no episodes for {list(tasks)} in {store.root}; collect some first "
+                         "(python experiments/collect.py task=...)")
+    order = np.random.default_rng(seed).permutation(len(infos))
+    n_hold = int(round(holdout * len(infos))) if len(infos) > 1 else 0
+    held = sorted(order[:n_hold])
+    return [infos[i] for i in sorted(order[n_hold:])], [infos[i] for i in held]
+
+
+def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], out_dir: str | Path,
+          cfg: TrainConfig) -> dict[str, float]:
+    """Train every phase of `model` in order, resuming from `out_dir/checkpoint` if present.
+
+    Returns the last step's metrics and `<phase>/seconds` of the phases run now. Writes TensorBoard events to `out_dir/tb`.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    device = model.device
+    state = {"phase": 0, "step": 0}
+    found = find_checkpoint(ckpt_dir)
+    if found is not None:
+        load_weights(model, found)
+        state = load_trainer_state(found) or {"phase": len(model.phases), "step": 0}
+        print(f"resuming from {found}: phase {state['phase']}, step {state['step']}")
+    writer = SummaryWriter(str(out_dir / "tb"))
+    rng = np.random.default_rng([cfg.seed, state["phase"], state["step"]])
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    metrics: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for p in range(state["phase"], len(model.phases)):
+        phase, total = model.phases[p], cfg.steps[model.phases[p]]
+        params = list(model.phase_parameters(phase))
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        start = state["step"] if p == state["phase"] else 0
+        if start and "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
+        model.train()
+        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{model.name}/{phase}",
+                   disable=not cfg.progress)
+        t0 = time.perf_counter()
+        for step in bar:
+            batch = store.sample(cfg.batch, cfg.seq_len, cfg.weighting, episodes=episodes, rng=rng)
+            with autocast:
+                loss, metrics = model.loss(batch, phase)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, done)
+                writer.add_scalar(f"{phase}/loss", loss.item(), done)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()})
+            if done % cfg.image_every == 0 or done == total:
+                writer.add_image(f"{phase}/real_over_model", image_grid(model, batch, phase), done)
+            if done % cfg.ckpt_every == 0 and done < total:
+                save_checkpoint(ckpt_dir, model, {"phase": p, "step": done, "optimizer": opt.state_dict()})
+                model.train()
+        bar.close()
+        seconds[f"{phase}/seconds"] = time.perf_counter() - t0
+        save_checkpoint(ckpt_dir, model, {"phase": p + 1, "step": 0})
+        model.train()
+    writer.close()
+    model.eval()
+    return {**metrics, **seconds}
+
+
+@torch.no_grad()
+def image_grid(model: WorldModel, batch: dict, phase: str, n: int = 4) -> torch.Tensor:
+    """`[3, 2h, T w]`: a sequence of real frames over the model's version of it — the
+    reconstructions in the tokenizer phase, an open-loop rollout from the first frame
+    (with the recorded actions) afterwards."""
+    was_training = model.training
+    model.eval()
+    frames = batch["frames"][:1, :n].to(model.device)
+    if phase == model.phases[0]:
+        fake = model.decode(model.encode(frames))
+    else:
+        a_dim = int(batch["action_mask"][0].sum())
+        actions = batch["actions"][:1, : frames.shape[1] - 1, :a_dim].to(model.device)
+        task = list(TASKS)[int(batch["task_id"][0])]
+        fake = torch.cat([frames[:, :1].float() / 255,
+                          model.imagine(frames[:, 0], actions, decode=True, task=task).frames], 1)
+    model.train(was_training)
+    real = frames.float() / 255
+    return rearrange(torch.cat([real, fake.cpu().float()], 0), "r t c h w -> c (r h) (t w)").clamp(0, 1)
