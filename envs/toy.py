@@ -14,8 +14,8 @@ from envs.registry import TaskSpec
 
 STEP = 0.15
 SUCCESS_RADIUS = 0.1
-AGENT_RADIUS = 0.12
-GOAL_RADIUS = 0.16
+AGENT_RADIUS = 0.2
+GOAL_RADIUS = 0.25
 _DIAGONAL = 2 * np.sqrt(2)
 _BACKGROUND = np.array([30, 30, 40], np.uint8)
 _GRID = np.array([55, 55, 70], np.uint8)

@@ -58,8 +58,11 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
     behaviors = [make_behavior(behavior, spec.action_dim, expert) for _ in range(num_envs)]
     ep_seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
     make_env = partial(envs.make, task, "pixels", size, seed, **env_kwargs)
-    vec_cls = gym.vector.AsyncVectorEnv if num_envs > 1 else gym.vector.SyncVectorEnv
-    venv = vec_cls([make_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    if num_envs > 1:  # spawned workers: a forked GL (EGL) context of the parent would hang them
+        venv = gym.vector.AsyncVectorEnv([make_env] * num_envs, context="spawn",
+                                         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    else:
+        venv = gym.vector.SyncVectorEnv([make_env], autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
     summary, t0 = CollectSummary(task), time.perf_counter()
     slot = [-1] * num_envs  # episode index running in each env (-1: idle)

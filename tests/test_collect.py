@@ -27,11 +27,15 @@ def test_parallel_collection_writes_reproducible_episodes(tmp_path):
     assert len({ep.seed for ep in eps}) == 5
 
 
-def test_expert_collection_on_dmc_uses_the_pixel_env(tmp_path):
+def test_dmc_collection_in_parallel_after_rendering_in_this_process(tmp_path):
+    import envs
+    env = envs.make("cup-catch", size=16)  # a live GL context here must not hang the workers
+    env.reset()
     summary = collect("cup-catch", "random", tmp_path, 2, num_envs=2, size=16, progress=False)
     ep = EpisodeStore(tmp_path).load(EpisodeStore(tmp_path).episodes()[0])
     assert ep.frames.shape == (501, 3, 16, 16) and ep.success is None
     assert "random" in summary.table()
+    env.close()
 
 
 def run_cli(*args, cwd):
