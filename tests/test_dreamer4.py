@@ -25,7 +25,7 @@ def tokens(model, seed=0):
     dyn, cfg = model.dynamics, model.cfg
     z = torch.randn(B, T, dyn.n_spatial, dyn.d_spatial, generator=g)
     tau = torch.randint(0, cfg.k_max, (B, T), generator=g)
-    step = torch.full((B, T), 3)
+    step = torch.full((B, T), int(np.log2(cfg.k_max)))
     act = torch.rand(B, T, cfg.action_dim, generator=g)
     return z, tau, step, act, torch.ones(B, T, cfg.action_dim, dtype=torch.bool), torch.zeros(B, dtype=torch.long)
 
@@ -132,3 +132,28 @@ def test_checkpoint_roundtrip(model, tmp_path):
     b = loaded.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a.latents, b.latents)
     assert loaded.tasks == ("toy-reach",)
+
+
+def test_shortcut_bootstrap_rows_train_coarse_steps():
+    torch.manual_seed(0)
+    m = world_models.make("dreamer4", "tiny", k_max=8, sample_steps=4, self_consistency=0.5,
+                          bootstrap_start=0, context_tau=0.875)
+    for p in m.dynamics.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    batch = {"frames": torch.randint(0, 256, (4, 4, 3, 32, 32), dtype=torch.uint8),
+             "actions": torch.rand(4, 3, 16), "rewards": torch.rand(4, 3),
+             "action_mask": torch.ones(4, 16, dtype=torch.bool), "task_id": torch.zeros(4, dtype=torch.long)}
+    loss, metrics = m.loss(batch, "dynamics")
+    assert metrics["dyn/bootstrap"] > 0
+    loss.backward()
+    coarse = m.dynamics.step_embed.weight.grad[:3]  # d = 1, 1/2, 1/4: only bootstrap rows use them
+    assert coarse.abs().sum() > 0
+
+
+def test_config_rejects_untrained_sampling_steps():
+    with pytest.raises(ValueError, match="sample_steps must equal k_max"):
+        world_models.make("dreamer4", "tiny", k_max=8, sample_steps=4, self_consistency=0.0)
+    with pytest.raises(ValueError, match="unknown dreamer4 config field"):
+        world_models.make("dreamer4", "tiny", depth=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        world_models.make("dreamer4", "huge")

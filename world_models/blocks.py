@@ -104,12 +104,14 @@ def unpatchify(patches: Tensor, patch: int, size: int) -> Tensor:
 class RunningRMS(nn.Module):
     """Divides a loss by the running RMS of its own values (Dreamer 4's loss normalisation).
 
-    The statistic is a buffer, so it is saved in checkpoints and restored on resume.
+    The statistic is a buffer, so it is saved in checkpoints and restored on resume. The
+    divisor never drops below `floor`: a loss that starts at (near) zero, like the shortcut
+    bootstrap term of a zero-initialised head, would otherwise be amplified without bound.
     """
 
-    def __init__(self, decay: float = 0.99):
+    def __init__(self, decay: float = 0.99, floor: float = 1e-3):
         super().__init__()
-        self.decay = decay
+        self.decay, self.floor = decay, floor
         self.register_buffer("mean_sq", torch.zeros(()))
         self.register_buffer("count", torch.zeros(()))
 
@@ -119,4 +121,4 @@ class RunningRMS(nn.Module):
                 self.count += 1
                 self.mean_sq.lerp_(loss.detach().float() ** 2, 1 - self.decay)
         corrected = self.mean_sq / (1 - self.decay ** self.count.clamp(min=1))
-        return loss / corrected.sqrt().clamp(min=1e-8)
+        return loss / corrected.sqrt().clamp(min=self.floor)

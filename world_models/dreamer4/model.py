@@ -119,14 +119,15 @@ class Dreamer4(WorldModel):
         x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, task))[0])
         w = flow_weight(tau)
         emp = (w * (x_hat - x).pow(2))[n_boot:].mean()
-        loss = self.dyn_rms["flow"](emp)
+        # each branch is normalised by its own running RMS, then weighted by its share of rows
+        loss = (1 - n_boot / B) * self.dyn_rms["flow"](emp)
         metrics = {"dyn/flow_mse": (x_hat - x)[n_boot:].pow(2).mean().item()}
         if n_boot:
             sl = slice(0, n_boot)
             target_v = self._bootstrap_velocity(z[sl], tau_idx[sl], step[sl], prev[sl], prev_mask[sl], task[sl])
             v_hat = (x_hat[sl] - z[sl]) / (1 - tau[sl])
             boot = (w[sl] * (1 - tau[sl]).pow(2) * (v_hat - target_v).pow(2)).mean()
-            loss = loss + self.dyn_rms["bootstrap"](boot)
+            loss = loss + n_boot / B * self.dyn_rms["bootstrap"](boot)
             metrics["dyn/bootstrap"] = boot.item()
         return loss, metrics
 

@@ -1,0 +1,73 @@
+"""The phase trainer: losses fall on toy-reach, checkpoints resume after a kill."""
+import numpy as np
+import pytest
+import torch
+
+import world_models
+from replay import EpisodeStore, collect
+from world_models.checkpoint import find_checkpoint, load_trainer_state
+from world_models.training import TrainConfig, split_episodes, train
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    collect("toy-reach", "mixed", root, 30, size=32, seed=0, progress=False)
+    return EpisodeStore(root)
+
+
+def losses(model, store, phase, n=8):
+    rng = np.random.default_rng(123)
+    torch.manual_seed(0)
+    model.eval()
+    out = [model.loss(store.sample(16, 6, rng=rng), phase)[1] for _ in range(n)]
+    return out
+
+
+def test_short_training_lowers_both_losses(toy_store, tmp_path):
+    torch.manual_seed(0)
+    model = world_models.make("dreamer4", "tiny")
+    eps, _ = split_episodes(toy_store, ["toy-reach"], holdout=0.0)
+    before_tok = np.mean([m["tok/mse"] for m in losses(model, toy_store, "tokenizer")])
+    train(model, toy_store, eps, tmp_path, TrainConfig(steps={"tokenizer": 150, "dynamics": 0}, batch=16,
+                                                       seq_len=6, lr=1e-3, progress=False))
+    after_tok = np.mean([m["tok/mse"] for m in losses(model, toy_store, "tokenizer")])
+    before_dyn = np.mean([m["dyn/flow_mse"] for m in losses(model, toy_store, "dynamics")])
+    model2 = world_models.load(tmp_path / "checkpoint")
+    train(model2, toy_store, eps, tmp_path / "dyn", TrainConfig(steps={"tokenizer": 0, "dynamics": 150}, batch=16,
+                                                                seq_len=6, lr=1e-3, progress=False))
+    after_dyn = np.mean([m["dyn/flow_mse"] for m in losses(model2, toy_store, "dynamics")])
+    assert after_tok < 0.2 * before_tok
+    assert after_dyn < 0.7 * before_dyn
+
+
+def test_training_resumes_after_a_kill(toy_store, tmp_path, monkeypatch):
+    model = world_models.make("dreamer4", "tiny")
+    eps, _ = split_episodes(toy_store, ["toy-reach"], holdout=0.0)
+    cfg = TrainConfig(steps={"tokenizer": 3, "dynamics": 6}, batch=4, seq_len=4, ckpt_every=2, progress=False)
+    calls = {"n": 0}
+    real_loss = type(model).loss
+
+    def dying_loss(self, batch, phase):
+        calls["n"] += 1
+        if phase == "dynamics" and calls["n"] == 3 + 5:  # the 5th dynamics step
+            raise KeyboardInterrupt("killed")
+        return real_loss(self, batch, phase)
+
+    monkeypatch.setattr(type(model), "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, toy_store, eps, tmp_path, cfg)
+    state = load_trainer_state(find_checkpoint(tmp_path / "checkpoint"))
+    assert (state["phase"], state["step"]) == (1, 4) and "optimizer" in state
+
+    monkeypatch.setattr(type(model), "loss", real_loss)
+    resumed = world_models.make("dreamer4", "tiny")
+    calls["n"] = 0
+    counting = lambda self, batch, phase: (calls.__setitem__("n", calls["n"] + 1), real_loss(self, batch, phase))[1]
+    monkeypatch.setattr(type(resumed), "loss", counting)
+    train(resumed, toy_store, eps, tmp_path, cfg)
+    assert calls["n"] == 2  # only dynamics steps 5 and 6 were left
+    final = load_trainer_state(find_checkpoint(tmp_path / "checkpoint"))
+    assert final["phase"] == 2
+    torch.testing.assert_close(dict(resumed.state_dict())["dynamics.out.weight"],
+                               dict(world_models.load(tmp_path / "checkpoint").state_dict())["dynamics.out.weight"])
