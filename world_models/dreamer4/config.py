@@ -74,7 +74,8 @@ PRESETS = {
                  d_bottleneck=8, dyn_dim=64, dyn_heads=4, dyn_depth=2, registers=1, agent_tokens=1,
                  reward_bins=41, batch=16, seq_len=6, tok_steps=300, dyn_steps=300, lr=1e-3,
                  **_NO_BOOTSTRAP),
-    # a 64 px model that trains on one DMC task on a 2-core CPU in about 15 minutes
+    # the 64 px CPU model for one DMC task (target: ~15 min on 2 cores; not met yet — its
+    # tokenizer step takes ~0.7 s there, so 2000 steps take ~25 min)
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, tok_depth=2, n_latents=16,
                   d_bottleneck=16, dyn_dim=128, dyn_heads=4, dyn_depth=4, registers=2,
                   agent_tokens=1, batch=16, seq_len=8, tok_steps=2000, dyn_steps=2000, lr=5e-4,
