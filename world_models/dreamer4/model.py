@@ -228,7 +228,7 @@ class Dreamer4(WorldModel):
 
     def _context_tokens(self, obs, context_actions, task, generator) -> Tensor:
         """Tokens of the context frames at the context noise level `[B, T0, N, C]`."""
-        cfg, dyn = self.cfg, self.dynamics
+        dyn = self.dynamics
         B, T0 = obs.shape[:2]
         x = dyn.pack(self.encode(obs.to(self.device)))
         prev = torch.zeros(B, T0, self.action_dim, device=self.device)
