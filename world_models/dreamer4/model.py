@@ -63,7 +63,10 @@ class Dreamer4(WorldModel):
         if phase != "dynamics":
             raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")
         with torch.no_grad():
-            x = self.dynamics.pack(self.encode(frames))  # clean packed latents [B, T, S, ds]
+            latents = self.encode(frames)
+            if self.training:
+                self.dynamics.fit_latent_stats(latents)
+            x = self.dynamics.pack(latents)  # clean standardised packed latents [B, T, S, ds]
         prev, prev_mask = self._previous_actions(batch)
         task = batch["task_id"].to(self.device)
         loss, metrics = self._flow_loss(x, prev, prev_mask, task)

@@ -5,6 +5,12 @@ everything, patches read only patches. The latents are projected through a tanh
 bottleneck to `[n_latents, d_bottleneck]`. The decoder reads the latents and one query per
 patch; patch queries read the latents (and themselves) but not each other, so a frame is
 reconstructed from its latents alone.
+
+Two choices the paper does not state, both measured on toy-reach with the `tiny` preset
+(32 px, a small disk on a static background): the encoder reads frames minus a running
+mean frame, and each decoded patch token is read out by a small MLP. Without either, the
+autoencoder sat at the background-only optimum (19.6 dB) for 1000+ steps; with both it
+reached 23.6 dB after 600 steps.
 """
 from __future__ import annotations
 
@@ -55,15 +61,25 @@ class Tokenizer(nn.Module):
         self.decoder_queries = nn.Parameter(torch.randn(self.n_patch, d) * 0.02)
         self.decoder = nn.ModuleList(Block(d, cfg.tok_heads, cfg.mlp_ratio, rope=False) for _ in range(cfg.tok_depth))
         self.dec_norm = RMSNorm(d)
-        self.patch_out = nn.Linear(d, patch_dim)
+        # an MLP readout per patch: with a linear one the tiny decoder sat at the
+        # background-only optimum for ~1000 steps on toy-reach (measured; see tests)
+        self.patch_out = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, patch_dim))
         self.register_buffer("enc_mask", encoder_mask(n_lat, self.n_patch), persistent=False)
         self.register_buffer("dec_mask", decoder_mask(n_lat, self.n_patch), persistent=False)
         self.mse_rms, self.lpips_rms = RunningRMS(), RunningRMS()
+        self.register_buffer("frame_mean", torch.zeros(3, cfg.image_size, cfg.image_size))
+        self.register_buffer("frames_seen", torch.zeros(()))
+
+    @torch.no_grad()
+    def _track_mean(self, frames: Tensor, decay: float = 0.99) -> None:
+        """Update the running mean frame (an exact mean over the first 100 batches, then an EMA)."""
+        self.frames_seen += 1
+        self.frame_mean.lerp_(frames.mean(0).float(), max(1 / self.frames_seen.item(), 1 - decay))
 
     def encode(self, frames: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """frames `[B, 3, H, W]` in [0, 1]; `patch_mask [B, n_patch]` True = replaced by the
         mask token. Returns latents `[B, n_latents, d_bottleneck]`."""
-        x = self.patch_in(patchify(frames, self.cfg.patch))
+        x = self.patch_in(patchify(frames - self.frame_mean.to(frames.dtype), self.cfg.patch))
         if patch_mask is not None:
             x = torch.where(patch_mask[..., None], self.mask_token.to(x.dtype), x)
         x = torch.cat([self.latent_queries.expand(len(x), -1, -1), x + self.patch_pos], dim=1)
@@ -90,11 +106,13 @@ class Tokenizer(nn.Module):
 
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """MAE loss on frames `[B, 3, H, W]` in [0, 1]: pixel MSE (+ LPIPS when available) on
-        the masked patches, each term divided by its running RMS."""
+        the masked patches (or on all of them, `mae_loss="all"`), each term divided by its
+        running RMS."""
+        self._track_mean(frames)
         mask = self.draw_patch_mask(len(frames))
         recon = self.decode(self.encode(frames, mask))
         err = (patchify(recon, self.cfg.patch) - patchify(frames, self.cfg.patch)).pow(2).mean(-1)
-        mse = (err * mask).sum() / mask.sum()
+        mse = (err * mask).sum() / mask.sum() if self.cfg.mae_loss == "masked" else err.mean()
         total = self.mse_rms(mse)
         metrics = {"tok/mse": mse.item(), "tok/psnr": psnr_from_mse(mse).item()}
         lp = lpips_net(frames.device) if self.cfg.lpips_weight > 0 else None
