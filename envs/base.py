@@ -57,6 +57,23 @@ class TaskEnv(gym.Env):
     def _render(self) -> np.ndarray:
         """Current frame `uint8 [size, size, 3]`."""
 
+    def _get_sim(self) -> Any:
+        """Everything needed to restore the simulator (see `get_sim_state`)."""
+        raise ValueError(f"{self.task.name}: the {self.task.domain} backend cannot snapshot its simulator")
+
+    def _set_sim(self, sim: Any) -> None:
+        raise ValueError(f"{self.task.name}: the {self.task.domain} backend cannot restore a simulator snapshot")
+
+    # ---- snapshots (for the oracle model) --------------------------------------------------
+    def get_sim_state(self) -> dict[str, Any]:
+        """A copy of the simulator state and the step count; `set_sim_state` restores it,
+        so the same actions then give the same rewards and frames."""
+        return {"steps": self._steps, "sim": self._get_sim()}
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        self._steps = state["steps"]
+        self._set_sim(state["sim"])
+
     # ---- gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None and self._np_random is None:

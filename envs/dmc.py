@@ -51,6 +51,17 @@ class DMCEnv(TaskEnv):
         self._time_step = self._env.step(action)
         return float(self._time_step.reward or 0.0), None
 
+    def _get_sim(self) -> tuple[np.ndarray, int]:
+        return self._env.physics.get_state().copy(), self._env._step_count
+
+    def _set_sim(self, sim: tuple[np.ndarray, int]) -> None:
+        physics = self._env.physics
+        with physics.reset_context():
+            physics.set_state(sim[0])
+        self._env._step_count = sim[1]
+        self._env._reset_next_step = False
+        self._time_step = self._time_step._replace(observation=self._env.task.get_observation(physics))
+
     def _state(self) -> np.ndarray:
         return np.concatenate([np.asarray(v, np.float32).ravel()
                                for v in self._time_step.observation.values()])

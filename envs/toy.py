@@ -61,6 +61,12 @@ class ToyReachEnv(TaskEnv):
         dist = float(np.linalg.norm(self.pos - self.goal))
         return 1.0 - dist / _DIAGONAL, dist < SUCCESS_RADIUS
 
+    def _get_sim(self) -> np.ndarray:
+        return np.concatenate([self.pos, self.goal])
+
+    def _set_sim(self, sim: np.ndarray) -> None:
+        self.pos, self.goal = sim[:2].copy(), sim[2:].copy()
+
     def _state(self) -> np.ndarray:
         return np.concatenate([self.pos, self.goal]).astype(np.float32)
 

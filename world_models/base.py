@@ -43,6 +43,7 @@ class WorldModel(nn.Module, ABC):
     action_dim: int
     phases: tuple[str, ...]
     native_signals: tuple[str, ...] = ()
+    has_policy: bool = False  # True: imagine(obs, None, horizon=H) rolls out a BC policy
 
     @abstractmethod
     def encode(self, frames: Tensor) -> Tensor:

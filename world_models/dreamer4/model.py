@@ -32,6 +32,10 @@ class Dreamer4(WorldModel):
         self.dyn_rms = nn.ModuleDict({k: RunningRMS() for k in ("flow", "bootstrap", "reward", "bc")})
         self.register_buffer("dyn_step", torch.zeros((), dtype=torch.long))
 
+    @property
+    def has_policy(self) -> bool:
+        return self.dynamics.heads is not None and self.dynamics.heads.policy is not None
+
     def config_dict(self) -> dict:
         return {"name": self.name, "tasks": list(self.tasks), "config": asdict(self.cfg)}
 
@@ -196,7 +200,7 @@ class Dreamer4(WorldModel):
             raise ValueError(f"obs must be [B, 3, H, W] or [B, T0, 3, H, W], got {tuple(obs.shape)}")
         B, T0 = obs.shape[:2]
         if actions is None:
-            if self.dynamics.heads is None or self.dynamics.heads.policy is None or horizon is None:
+            if not self.has_policy or horizon is None:
                 raise ValueError("actions=None rolls out the BC policy: needs a BC head and a horizon")
             n, H, plan = B, horizon, None
         else:

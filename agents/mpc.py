@@ -1,0 +1,115 @@
+"""`MPCAgent`: plan through a world model's `imagine` with CEM-MPC and a BC prior."""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from planners import MPC
+from world_models import Imagination, WorldModel
+
+
+class MPCAgent:
+    """Receding-horizon control with a world model.
+
+    A candidate plan `[H, A]` scores `Σ_h γ^h (r_h - λ u_h)` (+ `γ^H V` when a terminal
+    value is given), where `r` are the model's predicted rewards and `u` is any per-step
+    signal from `Imagination.signals` (e.g. `"flow_instability"`). When the model has a
+    BC head, its rollout from the current context warm-starts the CEM mean and, with
+    `prior_samples - 1` noisy copies, joins every iteration's candidates.
+
+    Args:
+        model: any `WorldModel` (a trained one, or the `Oracle`).
+        mpc: the planner loop; its CEM's action_dim must be the task's.
+        task: the task name passed to `imagine`.
+        context: frames of history the model sees (with the actions between them).
+        discount: γ.
+        penalty, lam: the signal name and its weight λ (MOPO-style penalty).
+        terminal_value: `Imagination -> [N]` value of each plan's last state, or None.
+        prior_samples: BC-prior trajectories injected per iteration (0 disables the prior).
+        prior_noise: std of the Gaussian perturbation of the extra prior trajectories.
+        seed: seeds the prior noise and the model's sampling.
+    """
+
+    def __init__(self, model: WorldModel, mpc: MPC, task: str, *, context: int = 1, discount: float = 1.0,
+                 penalty: str | None = None, lam: float = 0.0,
+                 terminal_value: Callable[[Imagination], Tensor] | None = None,
+                 prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
+        if context < 1:
+            raise ValueError(f"context must be >= 1 frame, got {context}")
+        if penalty is not None and lam and penalty not in getattr(model, "native_signals", ()):
+            raise ValueError(f"{model.name} does not compute the signal {penalty!r}; "
+                             f"it has {list(getattr(model, 'native_signals', ()))}")
+        self.model, self.mpc, self.task = model, mpc, task
+        self.context, self.discount = context, discount
+        self.penalty, self.lam, self.terminal_value = penalty, lam, terminal_value
+        self.prior_samples, self.prior_noise = prior_samples, prior_noise
+        self.generator = torch.Generator().manual_seed(seed)
+        self.horizon, self.action_dim = mpc.planner.horizon, mpc.planner.action_dim
+        self.frames: deque[Tensor] = deque(maxlen=context)
+        self.actions: deque[Tensor] = deque(maxlen=context - 1)
+        self.last_imagination: Imagination | None = None
+
+    def reset(self, obs: np.ndarray) -> None:
+        """Start an episode at `obs` (`uint8 [3, h, w]`)."""
+        self.mpc.reset()
+        self.frames.clear()
+        self.actions.clear()
+        self.frames.append(torch.as_tensor(obs))
+
+    def observe(self, action: np.ndarray, obs: np.ndarray) -> None:
+        """Record the executed `action [A]` and the frame it led to."""
+        self.actions.append(torch.as_tensor(action, dtype=torch.float32))
+        self.frames.append(torch.as_tensor(obs))
+
+    @torch.no_grad()
+    def act(self) -> np.ndarray:
+        """The next action `[A]` for the current context."""
+        obs, ctx_actions = self._context()
+        init_mean = prior = None
+        if self.mpc.needs_plan and self.prior_samples > 0 and self.model.has_policy:
+            init_mean, prior = self._bc_prior(obs, ctx_actions)
+        action = self.mpc.act(lambda plans: self._score(obs, ctx_actions, plans),
+                              init_mean=init_mean, prior_samples=prior)
+        return action.cpu().numpy().astype(np.float32)
+
+    def imagine_plan(self, plan: Tensor) -> Imagination:
+        """Decoded imagination of one plan `[H, A]` from the current context (for videos)."""
+        obs, ctx_actions = self._context()
+        return self.model.imagine(obs, plan[None].to(self.model.device), context_actions=ctx_actions,
+                                  decode=True, task=self.task, generator=self.generator)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _context(self) -> tuple[Tensor, Tensor | None]:
+        """Context frames `[1, T0, 3, h, w]` and the actions between them `[1, T0 - 1, A]`."""
+        frames = torch.stack(list(self.frames))[None].to(self.model.device)
+        actions = torch.stack(list(self.actions)[-(len(self.frames) - 1):])[None].to(self.model.device) \
+            if len(self.frames) > 1 else None
+        return frames, actions
+
+    def _score(self, obs: Tensor, ctx_actions: Tensor | None, plans: Tensor) -> Tensor:
+        """Discounted (penalised) return of each plan `[N, H, A]` -> `[N]`."""
+        signals = (self.penalty,) if self.penalty and self.lam else ()
+        im = self.model.imagine(obs, plans.to(self.model.device), context_actions=ctx_actions,
+                                signals=signals, task=self.task, generator=self.generator)
+        reward = im.rewards
+        if signals:
+            reward = reward - self.lam * im.signals[self.penalty]
+        weights = self.discount ** torch.arange(self.horizon, device=reward.device, dtype=reward.dtype)
+        score = (reward * weights).sum(-1)
+        if self.terminal_value is not None:
+            score = score + self.discount ** self.horizon * self.terminal_value(im)
+        self.last_imagination = im
+        return score.to(plans.device)
+
+    def _bc_prior(self, obs: Tensor, ctx_actions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The BC-policy rollout `[H, A]` and `[prior_samples, H, A]` trajectories: the
+        rollout itself and noisy copies of it."""
+        im = self.model.imagine(obs, None, context_actions=ctx_actions, task=self.task,
+                                generator=self.generator, horizon=self.horizon)
+        mean = im.policy_actions[0, :, : self.action_dim].cpu()
+        noise = torch.randn(self.prior_samples - 1, *mean.shape, generator=self.generator) * self.prior_noise
+        return mean, torch.cat([mean[None], (mean + noise).clamp(-1, 1)])

@@ -1,0 +1,51 @@
+"""MPC agent with the oracle (exact simulator) and the oracle's contract."""
+import numpy as np
+import pytest
+import torch
+
+import envs
+from agents import MPCAgent
+from planners import CEM, MPC
+from world_models.oracle import Oracle
+
+
+def run_episode(env, agent, seed):
+    obs, _ = env.reset(seed=seed)
+    agent.reset(obs)
+    ret, success, done = 0.0, False, False
+    while not done:
+        action = agent.act()
+        obs, r, term, trunc, info = env.step(action)
+        agent.observe(action, obs)
+        ret, success, done = ret + r, success or info["success"], term or trunc
+    return ret, success
+
+
+def test_oracle_rewards_match_the_environment():
+    env = envs.make("toy-reach", size=16, seed=0)
+    obs, _ = env.reset(seed=3)
+    plans = torch.rand(3, 5, 2) * 2 - 1
+    im = Oracle(env).imagine(torch.as_tensor(obs)[None], plans, decode=True)
+    snap = env.get_sim_state()
+    for n in range(3):
+        env.set_sim_state(snap)
+        for h in range(5):
+            frame, r, *_ = env.step(plans[n, h].numpy())
+            assert im.rewards[n, h].item() == pytest.approx(r, abs=1e-6)
+        assert torch.equal((im.frames[n, -1] * 255).round().byte(), torch.as_tensor(frame))
+    with pytest.raises(ValueError, match="no policy"):
+        Oracle(env).imagine(torch.as_tensor(obs)[None], None)
+
+
+def test_oracle_mpc_reaches_the_goal():
+    env = envs.make("toy-reach", obs="pixels", size=16, seed=0)
+    cem = CEM(2, horizon=8, population=64, elites=8, iterations=3, noise_beta=1.0, seed=0)
+    agent = MPCAgent(Oracle(env), MPC(cem, replan_every=2), "toy-reach", prior_samples=0)
+    results = [run_episode(env, agent, seed) for seed in range(10)]
+    assert np.mean([s for _, s in results]) >= 0.9
+
+
+def test_agent_rejects_a_signal_the_model_lacks():
+    env = envs.make("toy-reach", size=16)
+    with pytest.raises(ValueError, match="signal"):
+        MPCAgent(Oracle(env), MPC(CEM(2, 4)), "toy-reach", penalty="flow_instability", lam=1.0)
