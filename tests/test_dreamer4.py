@@ -55,7 +55,7 @@ def test_agent_tokens_are_read_by_nothing_else(model):
 def test_tokenizer_masks_hold(model):
     tok = model.tokenizer
     assert encoder_mask(2, 3)[2:, :2].any().item() is False and encoder_mask(2, 3)[:2].all()
-    frames = torch.rand(1, 3, 32, 32)
+    frames = torch.rand(1, 3, 16, 16)
     # encoder: patch tokens never read the latent tokens, so perturbing the latent queries
     # leaves every patch token's output unchanged (checked at the last encoder block)
     captured = []
@@ -90,7 +90,7 @@ def test_tokenizer_masks_hold(model):
 
 
 def test_kv_cached_sampling_equals_uncached(model):
-    obs = torch.randint(0, 256, (1, 3, 3, 32, 32), dtype=torch.uint8)
+    obs = torch.randint(0, 256, (1, 3, 3, 16, 16), dtype=torch.uint8)
     ctx_actions = torch.rand(1, 2, 2) * 2 - 1
     plans = torch.rand(3, 6, 2) * 2 - 1
     runs = [model.imagine(obs, plans, context_actions=ctx_actions, cached=c, decode=True,
@@ -100,11 +100,11 @@ def test_kv_cached_sampling_equals_uncached(model):
     torch.testing.assert_close(runs[0].rewards, runs[1].rewards, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(runs[0].signals["flow_instability"], runs[1].signals["flow_instability"],
                                atol=1e-4, rtol=1e-4)
-    assert runs[0].frames.shape == (3, 6, 3, 32, 32)
+    assert runs[0].frames.shape == (3, 6, 3, 16, 16)
 
 
 def test_imagine_contract_shapes_and_errors(model):
-    obs = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    obs = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
     im = model.imagine(obs, torch.zeros(4, 5, 2), seeds=3, signals=("flow_instability",))
     assert im.latents.shape == (4, 5, 8, 8) and im.rewards.shape == (4, 5)
     assert im.seed_latents.shape == (3, 4, 5, 8, 8) and im.frames is None
@@ -117,7 +117,7 @@ def test_imagine_contract_shapes_and_errors(model):
     with pytest.raises(ValueError, match="non-finite"):
         model.imagine(obs, torch.full((1, 5, 2), float("nan")))
     with pytest.raises(ValueError, match="context_actions"):
-        model.imagine(obs[:, None].expand(1, 2, 3, 32, 32), torch.zeros(1, 5, 2))
+        model.imagine(obs[:, None].expand(1, 2, 3, 16, 16), torch.zeros(1, 5, 2))
     with pytest.raises(ValueError, match="natively"):
         model.imagine(obs, torch.zeros(1, 5, 2), signals=("token_entropy",))
 
@@ -126,7 +126,7 @@ def test_checkpoint_roundtrip(model, tmp_path):
     from world_models.checkpoint import save_checkpoint
     save_checkpoint(tmp_path / "ckpt", model)
     loaded = world_models.load(tmp_path / "ckpt")
-    obs = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    obs = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
     plan = torch.rand(2, 3, 2)
     a = model.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     b = loaded.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
@@ -140,7 +140,7 @@ def test_shortcut_bootstrap_rows_train_coarse_steps():
                           bootstrap_start=0, context_tau=0.875)
     for p in m.dynamics.out.parameters():
         torch.nn.init.normal_(p, std=0.1)
-    batch = {"frames": torch.randint(0, 256, (4, 4, 3, 32, 32), dtype=torch.uint8),
+    batch = {"frames": torch.randint(0, 256, (4, 4, 3, 16, 16), dtype=torch.uint8),
              "actions": torch.rand(4, 3, 16), "rewards": torch.rand(4, 3),
              "action_mask": torch.ones(4, 16, dtype=torch.bool), "task_id": torch.zeros(4, dtype=torch.long)}
     loss, metrics = m.loss(batch, "dynamics")

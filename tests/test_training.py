@@ -12,7 +12,7 @@ from world_models.training import TrainConfig, split_episodes, train
 @pytest.fixture(scope="module")
 def toy_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    collect("toy-reach", "mixed", root, 30, size=32, seed=0, progress=False)
+    collect("toy-reach", "mixed", root, 30, size=16, seed=0, progress=False)
     return EpisodeStore(root)
 
 

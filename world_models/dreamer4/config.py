@@ -36,6 +36,7 @@ class Dreamer4Config:
     self_consistency: float = 0.25       # fraction of rows with the bootstrap target
     bootstrap_start: int = 500           # dynamics step from which bootstrap rows are used
     context_tau: float = 0.875           # noise level of past frames when sampling
+    context_rows: float = 0.5            # share of flow rows trained with the sampling-time context
     # heads
     reward_head: bool = True
     bc_head: bool = True
@@ -53,6 +54,8 @@ class Dreamer4Config:
     def __post_init__(self):
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
+        if not 0 <= self.context_rows <= 1:
+            raise ValueError(f"context_rows must be in [0, 1], got {self.context_rows}")
         if self.mae_loss not in ("masked", "all"):
             raise ValueError(f"mae_loss must be 'masked' or 'all', not {self.mae_loss!r}")
         if self.n_latents % self.pack:
@@ -72,15 +75,19 @@ class Dreamer4Config:
 _NO_BOOTSTRAP = dict(k_max=4, sample_steps=4, self_consistency=0.0, context_tau=0.75)
 
 PRESETS = {
-    # seconds on a CPU, for tests: 32 px frames, one tokenizer layer, two dynamics layers.
-    # With 16 patches a frame, a masked patch of a one-object scene cannot be inferred from
-    # the visible ones: the paper's masked-only loss left the toy-reach autoencoder at the
-    # background-only 19.6 dB after 600 steps, the loss on all patches with light masking
-    # reached 22.7 dB (measured side by side). So tiny scores every patch.
-    "tiny": dict(image_size=32, patch=8, tok_dim=64, tok_heads=4, tok_depth=1, n_latents=8,
+    # seconds to minutes on a CPU, for tests: 16 px frames, one tokenizer layer, two dynamics
+    # layers. Three departures from the paper, each measured on toy-reach (numbers in the
+    # issue-3 note): with 16 patches a frame, a masked patch of a one-object scene cannot
+    # be inferred from the visible ones, so the loss covers all patches under light masking
+    # (the masked-only loss sat at the background-only 19.6 dB); the context is clean
+    # (context_tau=1) and every flow row is trained in the sampling layout — at the 4-level
+    # grid's 0.75 the context noise was as large as a step's motion and the model learned
+    # to copy the last frame (action-shuffle ratio 1.03 vs 1.14 clean, 900 steps).
+    "tiny": dict(image_size=16, patch=4, tok_dim=64, tok_heads=4, tok_depth=1, n_latents=8,
                  d_bottleneck=8, dyn_dim=64, dyn_heads=4, dyn_depth=2, registers=1, agent_tokens=1,
-                 reward_bins=41, batch=16, seq_len=6, tok_steps=600, dyn_steps=600, lr=2e-3,
-                 mae_keep_range=(0.75, 1.0), mae_loss="all", **_NO_BOOTSTRAP),
+                 reward_bins=41, batch=24, seq_len=4, tok_steps=1500, dyn_steps=900, lr=2e-3,
+                 mae_keep_range=(0.75, 1.0), mae_loss="all",
+                 **{**_NO_BOOTSTRAP, "context_tau": 1.0, "context_rows": 1.0}),
     # the 64 px CPU model for one DMC task (target: ~15 min on 2 cores; not met yet — its
     # tokenizer step takes ~0.7 s there, so 2000 steps take ~25 min)
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, tok_depth=2, n_latents=16,

@@ -83,21 +83,26 @@ class Dreamer4(WorldModel):
 
     @torch.no_grad()
     def prediction_error(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        """One-step flow MSE per sequence `[B]`: x-prediction error at τ drawn on the finest
-        grid, over frames 1..T-1 (frame 0 has no action). With the same generator, the
-        noise and τ are identical across calls, so only the inputs differ."""
+        """One-step flow MSE per sequence `[B]`: the frames before the last are the context
+        (at the sampling context level, as in `imagine`), the last frame is noised to τ
+        drawn on the finest grid, and its x-prediction error is returned. With the same
+        generator the noise and τ are identical across calls, so only the inputs differ."""
         frames = to_float_frames(batch["frames"].to(self.device))
+        if frames.shape[1] < 2:
+            raise ValueError("prediction_error needs sequences of at least 2 frames")
         x = self.dynamics.pack(self.encode(frames))
         prev, prev_mask = self._previous_actions(batch)
         B, T = x.shape[:2]
         cfg, dyn = self.cfg, self.dynamics
-        tau_idx = torch.randint(0, cfg.k_max, (B, T), generator=generator).to(self.device)
+        tau_idx = torch.full((B, T), round(cfg.context_tau * cfg.k_max))
+        tau_idx[:, -1] = torch.randint(0, cfg.k_max, (B,), generator=generator)
+        tau_idx = tau_idx.to(self.device)
         noise = torch.randn(x.shape, generator=generator).to(self.device)
         tau = (tau_idx.float() / cfg.k_max)[..., None, None]
         z = (1 - tau) * noise + tau * x
         step = torch.full((B, T), int(math.log2(cfg.k_max)), device=self.device)
         x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, batch["task_id"].to(self.device)))[0])
-        return (x_hat - x)[:, 1:].pow(2).mean((1, 2, 3))
+        return (x_hat - x)[:, -1].pow(2).mean((1, 2))
 
     def _previous_actions(self, batch) -> tuple[Tensor, Tensor]:
         """Action (and mask) that led to each frame: `[B, T, A]`, zero at the first frame."""
@@ -120,6 +125,11 @@ class Dreamer4(WorldModel):
             step[:n_boot] = torch.randint(0, e_max, (n_boot, 1), device=x.device).expand(n_boot, T)
         n_levels = 2 ** step  # grid of d = 1 / 2^e: τ in {0, d, ..., 1 - d}
         tau_idx = (torch.rand(B, T, device=x.device) * n_levels).floor().long() * (cfg.k_max // n_levels)
+        # context corruption as at sampling time: in a share of the empirical rows every frame
+        # but the last sits at the context level, so the last is predicted from a usable past
+        n_ctx = round(cfg.context_rows * (B - n_boot))
+        if n_ctx and T > 1:
+            tau_idx[n_boot: n_boot + n_ctx, :-1] = round(cfg.context_tau * cfg.k_max)
         tau = (tau_idx.float() / cfg.k_max)[..., None, None]
         noise = torch.randn_like(x)
         z = (1 - tau) * noise + tau * x
