@@ -1,4 +1,10 @@
-"""Agents: glue between world models, planners and uncertainty signals."""
+"""Agents: glue between world models, planners and uncertainty signals.
+
+All share one loop: `reset(obs)` at the start of an episode, `act()` for the next action,
+`observe(action, next_obs)` after each step.
+"""
+from agents.bc import BCAgent, RandomAgent
+from agents.context import FrameContext
 from agents.mpc import MPCAgent
 
-__all__ = ["MPCAgent"]
+__all__ = ["BCAgent", "FrameContext", "MPCAgent", "RandomAgent"]

@@ -1,13 +1,13 @@
 """`MPCAgent`: plan through a world model's `imagine` with CEM-MPC and a BC prior."""
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from agents.context import FrameContext
 from planners import MPC
 from world_models import Imagination, WorldModel
 
@@ -38,58 +38,50 @@ class MPCAgent:
                  penalty: str | None = None, lam: float = 0.0,
                  terminal_value: Callable[[Imagination], Tensor] | None = None,
                  prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
-        if context < 1:
-            raise ValueError(f"context must be >= 1 frame, got {context}")
         if penalty is not None and lam and penalty not in getattr(model, "native_signals", ()):
             raise ValueError(f"{model.name} does not compute the signal {penalty!r}; "
                              f"it has {list(getattr(model, 'native_signals', ()))}")
         self.model, self.mpc, self.task = model, mpc, task
-        self.context, self.discount = context, discount
+        self.context, self.discount = FrameContext(context), discount
         self.penalty, self.lam, self.terminal_value = penalty, lam, terminal_value
         self.prior_samples, self.prior_noise = prior_samples, prior_noise
         self.generator = torch.Generator().manual_seed(seed)
         self.horizon, self.action_dim = mpc.planner.horizon, mpc.planner.action_dim
-        self.frames: deque[Tensor] = deque(maxlen=context)
-        self.actions: deque[Tensor] = deque(maxlen=context - 1)
         self.last_imagination: Imagination | None = None
+        self.plan_context: tuple[Tensor, Tensor | None] | None = None
 
     def reset(self, obs: np.ndarray) -> None:
         """Start an episode at `obs` (`uint8 [3, h, w]`)."""
         self.mpc.reset()
-        self.frames.clear()
-        self.actions.clear()
-        self.frames.append(torch.as_tensor(obs))
+        self.context.reset(obs)
 
     def observe(self, action: np.ndarray, obs: np.ndarray) -> None:
         """Record the executed `action [A]` and the frame it led to."""
-        self.actions.append(torch.as_tensor(action, dtype=torch.float32))
-        self.frames.append(torch.as_tensor(obs))
+        self.context.push(action, obs)
 
     @torch.no_grad()
     def act(self) -> np.ndarray:
         """The next action `[A]` for the current context."""
-        obs, ctx_actions = self._context()
+        obs, ctx_actions = self.context.tensors(self.model.device)
         init_mean = prior = None
-        if self.mpc.needs_plan and self.prior_samples > 0 and self.model.has_policy:
-            init_mean, prior = self._bc_prior(obs, ctx_actions)
+        if self.mpc.needs_plan:
+            self.plan_context = (obs, ctx_actions)
+            if self.prior_samples > 0 and self.model.has_policy:
+                init_mean, prior = self._bc_prior(obs, ctx_actions)
         action = self.mpc.act(lambda plans: self._score(obs, ctx_actions, plans),
                               init_mean=init_mean, prior_samples=prior)
         return action.cpu().numpy().astype(np.float32)
 
-    def imagine_plan(self, plan: Tensor) -> Imagination:
-        """Decoded imagination of one plan `[H, A]` from the current context (for videos)."""
-        obs, ctx_actions = self._context()
-        return self.model.imagine(obs, plan[None].to(self.model.device), context_actions=ctx_actions,
-                                  decode=True, task=self.task, generator=self.generator)
+    @torch.no_grad()
+    def imagine_last_plan(self) -> Imagination:
+        """The decoded imagination `frames [1, H, 3, h, w]` of the last plan, from the
+        context it was made in (for videos of real next to imagined)."""
+        obs, ctx_actions = self.plan_context
+        plan = self.mpc.last_plan.actions[None].to(self.model.device)
+        return self.model.imagine(obs, plan, context_actions=ctx_actions, decode=True, task=self.task,
+                                  generator=self.generator)
 
     # ---- internals -------------------------------------------------------------------------
-    def _context(self) -> tuple[Tensor, Tensor | None]:
-        """Context frames `[1, T0, 3, h, w]` and the actions between them `[1, T0 - 1, A]`."""
-        frames = torch.stack(list(self.frames))[None].to(self.model.device)
-        actions = torch.stack(list(self.actions)[-(len(self.frames) - 1):])[None].to(self.model.device) \
-            if len(self.frames) > 1 else None
-        return frames, actions
-
     def _score(self, obs: Tensor, ctx_actions: Tensor | None, plans: Tensor) -> Tensor:
         """Discounted (penalised) return of each plan `[N, H, A]` -> `[N]`."""
         signals = (self.penalty,) if self.penalty and self.lam else ()
