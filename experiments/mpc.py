@@ -98,13 +98,20 @@ def ensure_model(cfg: DictConfig) -> Path:
     return run / "checkpoint"
 
 
-def make_mpc_agent(cfg: DictConfig, model, action_dim: int, seed: int) -> MPCAgent:
+def make_planner(cfg: DictConfig, action_dim: int, seed: int) -> MPC:
     p = cfg.planner
-    cem = CEM(action_dim, p.horizon, population=p.population, elites=p.elites, iterations=p.iterations,
-              init_std=p.init_std, min_std=p.min_std, max_std=p.max_std, momentum=p.momentum,
-              noise_beta=p.noise_beta, keep_elites=p.keep_elites, select=p.select, seed=seed)
+    try:
+        cem = CEM(action_dim, p.horizon, population=p.population, elites=p.elites, iterations=p.iterations,
+                  init_std=p.init_std, min_std=p.min_std, max_std=p.max_std, momentum=p.momentum,
+                  noise_beta=p.noise_beta, keep_elites=p.keep_elites, select=p.select, seed=seed)
+        return MPC(cem, replan_every=p.replan_every)
+    except ValueError as err:
+        raise ValueError(f"planner: {err}") from None
+
+
+def make_mpc_agent(cfg: DictConfig, model, action_dim: int, seed: int) -> MPCAgent:
     a = cfg.agent
-    return MPCAgent(model, MPC(cem, replan_every=p.replan_every), cfg.task, context=a.context,
+    return MPCAgent(model, make_planner(cfg, action_dim, seed), cfg.task, context=a.context,
                     discount=a.discount, penalty=a.penalty, lam=a.lam, prior_samples=a.prior_samples,
                     prior_noise=a.prior_noise, seed=seed)
 
@@ -142,6 +149,7 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"baselines: unknown {sorted(unknown)}; choose from bc, random")
     if cfg.eval_episodes < 1:
         raise ValueError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
+    make_planner(cfg, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out or f"runs/mpc/{cfg.task}/{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)

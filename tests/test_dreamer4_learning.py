@@ -1,27 +1,22 @@
-"""Does the tiny Dreamer-4 model learn toy-reach in about two CPU minutes?
+"""Does the tiny Dreamer-4 model learn toy-reach in about two CPU minutes, and can MPC
+plan with it?
 
-It trains the `tiny` preset (tokenizer, then dynamics) and evaluates held-out windows
-against an untrained model and the repeat-last-frame baseline. The issue's targets are a
-positive 8-step rollout PSNR gain and an action-shuffle ratio above 1.2; the model does
-not reach them yet (measured: gain -1.7 dB, ratio 1.10 after 2.2 min), so this test pins
-what it does reach and fails on any regression below it.
+One module-scoped run trains the `tiny` preset (tokenizer, then dynamics) on collected
+toy-reach episodes; the tests evaluate it on held-out windows against the untrained model
+and the repeat-last-frame baseline, and plan with it.
 """
 import numpy as np
 import pytest
 import torch
 
+import envs
 import world_models
+from agents import MPCAgent, RandomAgent
+from agents.evaluate import run_episode
+from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from uncertainty import action_shuffle_ratio, recon_psnr, rollout_psnr_gain
 from world_models.training import TrainConfig, split_episodes, train
-
-
-@pytest.fixture()
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def evaluate(model, batch):
@@ -29,8 +24,12 @@ def evaluate(model, batch):
             action_shuffle_ratio(model, batch))
 
 
-def test_tiny_model_learns_toy_reach(tmp_path, two_threads):
-    store = EpisodeStore(tmp_path / "data")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("learning")
+    store = EpisodeStore(root / "data")
     collect("toy-reach", "mixed", store.root, 600, size=16, seed=0, num_envs=1, progress=False)
     train_eps, held_eps = split_episodes(store, ["toy-reach"], holdout=0.1, seed=0)
     held = store.sample(64, 9, episodes=held_eps, rng=np.random.default_rng(1))
@@ -38,10 +37,32 @@ def test_tiny_model_learns_toy_reach(tmp_path, two_threads):
     model = world_models.make("dreamer4", "tiny")
     untrained = evaluate(model.eval(), held)
     cfg = model.cfg
-    train(model, store, train_eps, tmp_path / "run", TrainConfig(
+    train(model, store, train_eps, root / "run", TrainConfig(
         steps={"tokenizer": 1200, "dynamics": 700}, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr,
         progress=False))
+    yield model, held, untrained
+    torch.set_num_threads(before)
+
+
+def test_tiny_model_learns_toy_reach(trained):
+    # The issue's targets are a positive 8-step rollout PSNR gain and an action-shuffle
+    # ratio above 1.2. The ratio is met; the gain is not yet (about -1 dB): this pins what
+    # the model reaches and fails on any regression below it.
+    model, held, untrained = trained
     recon, gain, ratio = evaluate(model, held)
-    assert recon > 25.0 > untrained[0] + 10          # frames are reconstructed, not averaged
+    print(f"trained: recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
+          f"untrained: {untrained[0]:.2f} dB, {untrained[1]:.2f} dB, {untrained[2]:.3f}")
+    assert recon > 25.0 > untrained[0] + 10           # frames are reconstructed, not averaged
     assert gain > untrained[1] + 2.0 and gain > -3.0  # rollouts follow the scene
-    assert ratio > 1.04                               # and the actions
+    assert ratio > 1.2 > untrained[2] + 0.1           # and the actions
+
+
+def test_world_model_mpc_beats_random_on_toy_reach(trained):
+    model = trained[0]
+    env = envs.make("toy-reach", size=16)
+    cem = CEM(2, horizon=6, population=32, elites=6, iterations=2, init_std=0.5, noise_beta=1.0, seed=0)
+    mpc_agent = MPCAgent(model, MPC(cem, replan_every=3), "toy-reach", context=2, prior_samples=4, seed=0)
+    seeds = range(100, 104)
+    mpc = [run_episode(env, mpc_agent, s).episode_return for s in seeds]
+    rand = [run_episode(env, RandomAgent(2, seed=s), s).episode_return for s in seeds]
+    assert np.mean(mpc) > np.mean(rand) + 5.0, (mpc, rand)

@@ -1,0 +1,24 @@
+"""The Hydra entry points fail on bad input with one line that names the problem."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("override, word", [
+    ("task=cup-katch", "cup-catch"),             # unknown task: the close name is suggested
+    ("planner.elites=999", "elites"),
+    ("planner.replan_every=0", "replan_every"),
+    ("eval_episodes=0", "eval_episodes"),
+    ("baselines=[bc,nope]", "baselines"),
+    ("device=tpu", "device"),
+])
+def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "mpc.py"), override, f"out={tmp_path}",
+                          f"store={tmp_path / 'data'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], run.stderr
