@@ -6,7 +6,17 @@ import sys
 from typing import Callable
 
 import hydra
+import torch
 from omegaconf import DictConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cpu` / `cuda` as asked (cuda needs a GPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"device must be auto, cpu or cuda (with a GPU), got {name!r}")
+    return torch.device(name)
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from cli import entry_point
+from cli import entry_point, resolve_device
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -36,14 +36,6 @@ HERE = Path(__file__).parent
 # measured on the 2-core CPU this project is developed on (see the issue notes)
 MINUTES = {"expert": 17, "collect_per_episode": 0.27, "train": {"tiny": 3, "small": 15, "paper": 10_000}}
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"device must be auto, cpu or cuda (with a GPU), got {name!r}")
-    return torch.device(name)
 
 
 def trained(folder: Path, phases: int) -> bool:

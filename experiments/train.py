@@ -9,21 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cli import entry_point
+from cli import entry_point, resolve_device
 from omegaconf import DictConfig, OmegaConf
 
 import world_models
 from replay import EpisodeStore
 from uncertainty import action_shuffle_ratio, recon_psnr, rollout_psnr_gain
 from world_models.training import TrainConfig, split_episodes, train
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"device must be auto, cpu or cuda (with a GPU), got {name!r}")
-    return torch.device(name)
 
 
 def evaluate(model, store, episodes, batch: int, seed: int) -> dict[str, float]:
