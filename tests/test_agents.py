@@ -10,10 +10,13 @@ from planners import CEM, MPC
 from world_models.oracle import Oracle
 
 
-def test_oracle_rewards_match_the_environment():
-    env = envs.make("toy-reach", size=16, seed=0)
+@pytest.mark.parametrize("task", ["toy-reach", "cup-catch"])
+def test_oracle_rewards_match_the_environment(task):
+    env = envs.make(task, size=16, seed=0)
     obs, _ = env.reset(seed=3)
-    plans = torch.rand(3, 5, 2) * 2 - 1
+    for a in np.random.default_rng(0).uniform(-1, 1, (10, env.task.action_dim)):
+        obs, *_ = env.step(a.astype(np.float32))  # a state with motion in it
+    plans = torch.rand(3, 5, env.task.action_dim) * 2 - 1
     im = Oracle(env).imagine(torch.as_tensor(obs)[None], plans, decode=True)
     snap = env.get_sim_state()
     for n in range(3):
