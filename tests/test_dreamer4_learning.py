@@ -46,14 +46,14 @@ def trained(tmp_path_factory):
 
 def test_tiny_model_learns_toy_reach(trained):
     # The targets are a positive 8-step rollout PSNR gain and an action-shuffle
-    # ratio above 1.2. The ratio is met; the gain is not yet (about -1 dB): this pins what
-    # the model reaches and fails on any regression below it.
+    # ratio above 1.2. The ratio is met (measured 1.40); the gain is not yet (-1.3 dB, from
+    # -9.6 untrained): this pins what the model reaches and fails on a regression below it.
     model, held, untrained = trained
     recon, gain, ratio = evaluate(model, held)
     print(f"trained: recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
           f"untrained: {untrained[0]:.2f} dB, {untrained[1]:.2f} dB, {untrained[2]:.3f}")
-    assert recon > 25.0 > untrained[0] + 10           # frames are reconstructed, not averaged
-    assert gain > untrained[1] + 2.0 and gain > -3.0  # rollouts follow the scene
+    assert recon > 25.0 and recon > untrained[0] + 8  # frames are reconstructed, not averaged
+    assert gain > untrained[1] + 4.0 and gain > -3.0  # rollouts follow the scene
     assert ratio > 1.2 > untrained[2] + 0.1           # and the actions
 
 
