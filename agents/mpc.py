@@ -47,7 +47,6 @@ class MPCAgent:
         self.prior_samples, self.prior_noise = prior_samples, prior_noise
         self.generator = torch.Generator().manual_seed(seed)
         self.horizon, self.action_dim = mpc.planner.horizon, mpc.planner.action_dim
-        self.last_imagination: Imagination | None = None
         self.plan_context: tuple[Tensor, Tensor | None] | None = None
 
     def reset(self, obs: np.ndarray) -> None:
@@ -94,7 +93,6 @@ class MPCAgent:
         score = (reward * weights).sum(-1)
         if self.terminal_value is not None:
             score = score + self.discount ** self.horizon * self.terminal_value(im)
-        self.last_imagination = im
         return score.to(plans.device)
 
     def _bc_prior(self, obs: Tensor, ctx_actions: Tensor | None) -> tuple[Tensor, Tensor]:

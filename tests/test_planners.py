@@ -89,9 +89,14 @@ def test_select_best_returns_the_best_sample_and_momentum_slows_the_mean():
 
 
 def test_kept_elites_carry_over():
-    f = quadratic(torch.full((4, 2), -0.4))
-    hist = CEM(2, 4, population=8, elites=4, iterations=6, keep_elites=1.0, seed=0).plan(f).history
-    assert torch.all(hist[1:] >= hist[:-1])  # the best so far is always re-scored
+    def carried(keep):
+        calls = []
+        f = quadratic(torch.full((4, 2), -0.4))
+        CEM(2, 4, population=8, elites=4, iterations=3, keep_elites=keep, seed=0).plan(
+            lambda a: calls.append(a.clone()) or f(a))
+        elites = calls[0][f(calls[0]).topk(4).indices]  # iteration 0's elites [4, H, A]
+        return sum(bool((calls[1] == e).all((-2, -1)).any()) for e in elites)
+    assert carried(1.0) == 4 and carried(0.0) == 0
 
 
 def test_batched_planning_over_start_states():
