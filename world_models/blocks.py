@@ -1,8 +1,10 @@
-"""Transformer building blocks shared by the world models.
+"""Building blocks shared by the world models.
 
 RMSNorm pre-norm, multi-head attention with RoPE, QK-norm, an optional boolean mask and
-an optional key/value prefix (the KV cache), and a SwiGLU MLP. Shapes use einops names:
-B batch, N tokens, H heads, D head dim.
+an optional key/value prefix (the KV cache), a SwiGLU MLP, the spatial-temporal layer
+and its KV-cached rollout context, patchify, running-RMS loss normalisation and the
+symlog two-hot reward encoding. Shapes use einops names: B batch, T time, N tokens,
+H heads, D head dim.
 """
 from __future__ import annotations
 
@@ -122,3 +124,138 @@ class RunningRMS(nn.Module):
                 self.mean_sq.lerp_(loss.detach().float() ** 2, 1 - self.decay)
         corrected = self.mean_sq / (1 - self.decay ** self.count.clamp(min=1))
         return loss / corrected.sqrt().clamp(min=self.floor)
+
+
+KV = tuple[Tensor, Tensor]
+
+
+class SpaceTimeLayer(nn.Module):
+    """A spatial-temporal transformer layer on tokens `[B, T, N, C]`.
+
+    Space attention runs within each timestep (over N tokens, optionally masked), then time
+    attention runs along T at each token position — causal (a token reads the same position
+    in earlier steps only) unless `causal=False` — then a SwiGLU MLP. This is both the
+    Dreamer-4 block-causal layer and the ST-transformer layer of WHALE / Genie.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, causal: bool = True):
+        super().__init__()
+        self.causal = causal
+        self.space_norm, self.space_attn = RMSNorm(dim), Attention(dim, heads)
+        self.time_norm, self.time_attn = RMSNorm(dim), Attention(dim, heads)
+        self.mlp_norm, self.mlp = RMSNorm(dim), SwiGLU(dim, mlp_ratio)
+
+    def forward(self, x: Tensor, t_pos: Tensor, space_mask: Tensor | None = None,
+                past: KV | None = None) -> tuple[Tensor, KV]:
+        """x `[B, T, N, C]` at absolute times `t_pos [T]`, after `past` keys/values
+        `[B*N, heads, P, D]` (causal layers only). Returns the new x and this call's keys/values."""
+        B, T, N, _ = x.shape
+        xs = rearrange(x, "b t n c -> (b t) n c")
+        y, _ = self.space_attn(self.space_norm(xs), torch.arange(N, device=x.device), space_mask)
+        x = x + rearrange(y, "(b t) n c -> b t n c", b=B)
+        P = 0 if past is None else past[0].shape[2]
+        time_mask = None
+        if self.causal:
+            time_mask = torch.arange(P + T, device=x.device)[None, :] <= (P + torch.arange(T, device=x.device))[:, None]
+        elif past is not None:
+            raise ValueError("a non-causal layer cannot extend a cached past")
+        xt = rearrange(x, "b t n c -> (b n) t c")
+        y, kv = self.time_attn(self.time_norm(xt), t_pos, time_mask, past)
+        x = x + rearrange(y, "(b n) t c -> b t n c", b=B)
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class SpaceTimeStack(nn.Module):
+    """`depth` `SpaceTimeLayer`s. `forward(x [B, T, N, C], t0, cache)` runs them at times
+    t0..t0+T-1 after a cached past (one `(k, v)` per layer) and returns the output tokens
+    and each layer's new keys/values, the interface `KVContext` drives."""
+
+    def __init__(self, dim: int, heads: int, depth: int, mlp_ratio: float = 4.0, causal: bool = True,
+                 space_mask: Tensor | None = None):
+        super().__init__()
+        self.layers = nn.ModuleList(SpaceTimeLayer(dim, heads, mlp_ratio, causal) for _ in range(depth))
+        self.register_buffer("space_mask", space_mask, persistent=False)
+
+    def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
+        t_pos = torch.arange(t0, t0 + x.shape[1], device=x.device)
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, t_pos, self.space_mask, None if cache is None else cache[i])
+            new_kv.append(kv)
+        return x, new_kv
+
+
+class KVContext:
+    """The past a causal `SpaceTimeStack` conditions on during a rollout: a KV cache of every
+    layer (`cached=True`), or the raw input tokens of past steps, recomputed at every call
+    (the reference the cache is tested against)."""
+
+    def __init__(self, stack: nn.Module, cached: bool = True):
+        self.stack, self.cached = stack, cached
+        self.kv: list[KV] | None = None
+        self.tokens: Tensor | None = None
+        self.length = 0
+
+    def query(self, x: Tensor) -> Tensor:
+        """Outputs for the tokens `[B, T, N, C]` of the next step(s), without storing them."""
+        if self.cached:
+            return self.stack(x, self.length, self.kv)[0]
+        full = x if self.tokens is None else torch.cat([self.tokens, x], 1)
+        return self.stack(full)[0][:, -x.shape[1]:]
+
+    def append(self, x: Tensor) -> Tensor:
+        """Add steps `[B, T, N, C]` to the past and return their outputs."""
+        if self.cached:
+            h, kv = self.stack(x, self.length, self.kv)
+            self.kv = kv if self.kv is None else [(torch.cat([pk, k], 2), torch.cat([pv, v], 2))
+                                                  for (pk, pv), (k, v) in zip(self.kv, kv)]
+        else:
+            self.tokens = x if self.tokens is None else torch.cat([self.tokens, x], 1)
+            h = self.stack(self.tokens)[0][:, -x.shape[1]:]
+        self.length += x.shape[1]
+        return h
+
+    def repeat(self, n: int) -> None:
+        """Broadcast a batch-B past to B*n rollouts (rows stay batch-major: row i*B + b)."""
+        if self.length == 0:
+            return
+        if self.cached:
+            self.kv = [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv]
+        else:
+            self.tokens = self.tokens.repeat(n, 1, 1, 1)
+
+
+def symlog(x: Tensor) -> Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: Tensor) -> Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+class TwoHot(nn.Module):
+    """Symlog two-hot encoding over `bins` evenly spaced in [-r, r] (symlog space)."""
+
+    def __init__(self, bins: int, r: float):
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(-r, r, bins), persistent=False)
+
+    def encode(self, y: Tensor) -> Tensor:
+        """`[...]` -> two-hot targets `[..., bins]`."""
+        c = self.centers
+        y = symlog(y).clamp(c[0], c[-1])
+        hi = torch.searchsorted(c, y.contiguous()).clamp(1, len(c) - 1)
+        lo = hi - 1
+        w_hi = (y - c[lo]) / (c[hi] - c[lo])
+        out = torch.zeros(*y.shape, len(c), device=y.device)
+        out.scatter_(-1, lo[..., None], (1 - w_hi)[..., None])
+        out.scatter_add_(-1, hi[..., None], w_hi[..., None])
+        return out
+
+    def decode(self, logits: Tensor) -> Tensor:
+        """Expected value of `logits [..., bins]`, back in reward units."""
+        return symexp((logits.float().softmax(-1) * self.centers).sum(-1))
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of `logits [..., bins]` against the two-hot encoding of `y [...]`."""
+        return -(self.encode(y) * F.log_softmax(logits.float(), -1)).sum(-1).mean()

@@ -13,15 +13,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from world_models.blocks import Attention, RMSNorm, SwiGLU
+from world_models.blocks import KV, RMSNorm, SpaceTimeStack, TwoHot
 from world_models.dreamer4.config import Dreamer4Config
-
-KV = tuple[Tensor, Tensor]
-
 
 class TokenLayout:
     """Where each modality sits in a timestep's token sequence."""
@@ -38,60 +34,6 @@ class TokenLayout:
         m = torch.ones(self.n, self.n, dtype=torch.bool)
         m[: self.agent.start, self.agent] = False
         return m
-
-
-class DynamicsLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.space_norm, self.space_attn = RMSNorm(dim), Attention(dim, heads)
-        self.time_norm, self.time_attn = RMSNorm(dim), Attention(dim, heads)
-        self.mlp_norm, self.mlp = RMSNorm(dim), SwiGLU(dim, mlp_ratio)
-
-    def forward(self, x: Tensor, t_pos: Tensor, space_mask: Tensor, past: KV | None) -> tuple[Tensor, KV]:
-        """x `[B, T, N, C]` at absolute times `t_pos [T]`, after `past` keys/values
-        `[B*N, heads, P, D]`. Returns the new x and this call's keys/values."""
-        B, T, N, _ = x.shape
-        xs = rearrange(x, "b t n c -> (b t) n c")
-        y, _ = self.space_attn(self.space_norm(xs), torch.arange(N, device=x.device), space_mask)
-        x = x + rearrange(y, "(b t) n c -> b t n c", b=B)
-        P = 0 if past is None else past[0].shape[2]
-        causal = torch.arange(P + T, device=x.device)[None, :] <= (P + torch.arange(T, device=x.device))[:, None]
-        xt = rearrange(x, "b t n c -> (b n) t c")
-        y, kv = self.time_attn(self.time_norm(xt), t_pos, causal, past)
-        x = x + rearrange(y, "(b n) t c -> b t n c", b=B)
-        return x + self.mlp(self.mlp_norm(x)), kv
-
-
-def symlog(x: Tensor) -> Tensor:
-    return torch.sign(x) * torch.log1p(x.abs())
-
-
-def symexp(x: Tensor) -> Tensor:
-    return torch.sign(x) * torch.expm1(x.abs())
-
-
-class TwoHot(nn.Module):
-    """Symlog two-hot encoding over `bins` evenly spaced in [-r, r] (symlog space)."""
-
-    def __init__(self, bins: int, r: float):
-        super().__init__()
-        self.register_buffer("centers", torch.linspace(-r, r, bins), persistent=False)
-
-    def encode(self, y: Tensor) -> Tensor:
-        """`[...]` -> two-hot targets `[..., bins]`."""
-        c = self.centers
-        y = symlog(y).clamp(c[0], c[-1])
-        hi = torch.searchsorted(c, y.contiguous()).clamp(1, len(c) - 1)
-        lo = hi - 1
-        w_hi = (y - c[lo]) / (c[hi] - c[lo])
-        out = torch.zeros(*y.shape, len(c), device=y.device)
-        out.scatter_(-1, lo[..., None], (1 - w_hi)[..., None])
-        out.scatter_add_(-1, hi[..., None], w_hi[..., None])
-        return out
-
-    def decode(self, logits: Tensor) -> Tensor:
-        """Expected value of `logits [..., bins]`, back in reward units."""
-        return symexp((logits.float().softmax(-1) * self.centers).sum(-1))
 
 
 class AgentHeads(nn.Module):
@@ -144,13 +86,13 @@ class Dynamics(nn.Module):
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, d) * 0.02)
         self.agent_tokens = nn.Parameter(torch.randn(cfg.agent_tokens, d) * 0.02)
         self.task_in = nn.Linear(cfg.text_dim, d) if cfg.text_dim else nn.Embedding(cfg.num_tasks, d)
-        self.layers = nn.ModuleList(DynamicsLayer(d, cfg.dyn_heads, cfg.mlp_ratio) for _ in range(cfg.dyn_depth))
+        self.stack = SpaceTimeStack(d, cfg.dyn_heads, cfg.dyn_depth, cfg.mlp_ratio, causal=True,
+                                    space_mask=self.layout.space_mask())
         self.out_norm = RMSNorm(d)
         self.out = nn.Linear(d, self.d_spatial)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.heads = AgentHeads(cfg) if cfg.reward_head or cfg.bc_head else None
-        self.register_buffer("space_mask", self.layout.space_mask(), persistent=False)
         # per-dimension moments of the packed latents (identity until `fit_latent_stats`)
         self.register_buffer("latent_mean", torch.zeros(self.n_spatial, self.d_spatial))
         self.register_buffer("latent_sq", torch.ones(self.n_spatial, self.d_spatial))
@@ -214,12 +156,7 @@ class Dynamics(nn.Module):
     def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
         """Run the transformer on tokens `[B, T, N, C]` at times t0..t0+T-1, after the
         cached past. Returns the output tokens and each layer's new keys/values."""
-        t_pos = torch.arange(t0, t0 + x.shape[1], device=x.device)
-        new_kv = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, t_pos, self.space_mask, None if cache is None else cache[i])
-            new_kv.append(kv)
-        return x, new_kv
+        return self.stack(x, t0, cache)
 
     def predict_clean(self, h: Tensor) -> Tensor:
         """Output tokens `[B, T, N, C]` -> predicted clean packed latents `[B, T, S, d_s]`."""
@@ -227,43 +164,6 @@ class Dynamics(nn.Module):
 
     def agent_out(self, h: Tensor) -> Tensor:
         return h[:, :, self.layout.agent]
-
-
-class Context:
-    """The past an imagined step conditions on: a KV cache of every layer (`cached=True`),
-    or the raw input tokens of past steps, recomputed at every call (the reference)."""
-
-    def __init__(self, dynamics: Dynamics, cached: bool = True):
-        self.dyn, self.cached = dynamics, cached
-        self.kv: list[KV] | None = None
-        self.tokens: Tensor | None = None
-        self.length = 0
-
-    def query(self, x: Tensor) -> Tensor:
-        """Outputs for the tokens `[B, T, N, C]` of the next step(s), without storing them."""
-        if self.cached:
-            return self.dyn(x, self.length, self.kv)[0]
-        full = x if self.tokens is None else torch.cat([self.tokens, x], 1)
-        return self.dyn(full)[0][:, -x.shape[1]:]
-
-    def append(self, x: Tensor) -> Tensor:
-        """Add steps `[B, T, N, C]` to the past and return their outputs."""
-        if self.cached:
-            h, kv = self.dyn(x, self.length, self.kv)
-            self.kv = kv if self.kv is None else [(torch.cat([pk, k], 2), torch.cat([pv, v], 2))
-                                                  for (pk, pv), (k, v) in zip(self.kv, kv)]
-        else:
-            self.tokens = x if self.tokens is None else torch.cat([self.tokens, x], 1)
-            h = self.dyn(self.tokens)[0][:, -x.shape[1]:]
-        self.length += x.shape[1]
-        return h
-
-    def repeat(self, n: int) -> None:
-        """Broadcast a batch-1 past to n rollouts (`[B*N, ...]` cache rows are batch-major)."""
-        if self.cached:
-            self.kv = [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv]
-        else:
-            self.tokens = self.tokens.repeat(n, 1, 1, 1)
 
 
 def flow_weight(tau: Tensor) -> Tensor:
@@ -282,6 +182,5 @@ def reward_loss(heads: AgentHeads, pooled: Tensor, rewards: Tensor) -> Tensor:
         last = rewards.shape[1] + 1 - j  # exclusive bound on t
         if last <= first:
             continue
-        target = heads.twohot.encode(rewards[:, first - 1 + j: last - 1 + j])
-        losses.append(-(target * F.log_softmax(logits[:, first:last, j].float(), -1)).sum(-1).mean())
+        losses.append(heads.twohot.loss(logits[:, first:last, j], rewards[:, first - 1 + j: last - 1 + j]))
     return torch.stack(losses).mean()

@@ -11,10 +11,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from envs import task_index, task_spec
-from world_models.blocks import RunningRMS
 from world_models.base import Imagination, WorldModel, check_actions, to_float_frames
 from world_models.dreamer4.config import Dreamer4Config
-from world_models.dreamer4.dynamics import Context, Dynamics, flow_weight, reward_loss
+from world_models.blocks import KVContext, RunningRMS
+from world_models.dreamer4.dynamics import Dynamics, flow_weight, reward_loss
 from world_models.dreamer4.tokenizer import Tokenizer
 
 
@@ -219,7 +219,7 @@ class Dreamer4(WorldModel):
             if n != B and B != 1:
                 raise ValueError(f"actions batch {n} must equal obs batch {B}, or obs batch must be 1")
         mask_dims = task_spec(task or self.tasks[0]).action_dim if actions is None else actions.shape[-1]
-        ctx = Context(self.dynamics, cached)
+        ctx = KVContext(self.dynamics, cached)
         h_ctx = ctx.append(self._context_tokens(obs, context_actions, task, generator))
         pooled = self._pool(h_ctx[:, -1:])
         rows = n * seeds
@@ -271,7 +271,7 @@ class Dreamer4(WorldModel):
         heads = self.dynamics.heads
         return None if heads is None else heads.pool(self.dynamics.agent_out(h))
 
-    def _rollout(self, ctx: Context, H: int, plan: Tensor | None, first_action: Tensor | None,
+    def _rollout(self, ctx: KVContext, H: int, plan: Tensor | None, first_action: Tensor | None,
                  mask_dims: int, task: Tensor, generator, want_instability: bool) -> dict:
         """Sample H frames autoregressively: K shortcut Euler substeps per frame, each reading
         the (cached) past; then the finished frame is appended to the past."""
