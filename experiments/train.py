@@ -1,6 +1,7 @@
 """Train a world model on episodes from the store, phase by phase.
 
     python experiments/train.py world_model=dreamer4 task=toy-reach preset=tiny
+    python experiments/train.py world_model=whale task=toy-reach preset=tiny
 
 Resumes from `<out>/checkpoint` after a kill. Ends with held-out metrics: recon PSNR,
 8-step rollout PSNR gain over repeating the last frame, and the action-shuffle ratio.
@@ -40,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     model = world_models.make(cfg.world_model, cfg.preset, tasks=tuple(tasks),
                               **OmegaConf.to_container(cfg.model)).to(device)
     mc = model.cfg
-    steps = {"tokenizer": mc.tok_steps, "dynamics": mc.dyn_steps, **OmegaConf.to_container(cfg.steps)}
+    steps = {**mc.phase_steps, **OmegaConf.to_container(cfg.steps)}
     unknown = set(steps) - set(model.phases)
     if unknown:
         raise ValueError(f"steps: unknown phase(s) {sorted(unknown)}; {cfg.world_model} has {model.phases}")

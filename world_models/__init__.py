@@ -11,7 +11,18 @@ from pathlib import Path
 from world_models.base import Imagination, WorldModel
 from world_models.checkpoint import find_checkpoint, load_weights, read_config
 
-MODELS = ("dreamer4",)
+MODELS = ("dreamer4", "whale")
+
+
+def _family(name: str):
+    """(model class, config class, make_config) of a world model family."""
+    if name == "dreamer4":
+        from world_models.dreamer4 import Dreamer4, Dreamer4Config, make_config
+        return Dreamer4, Dreamer4Config, make_config
+    if name == "whale":
+        from world_models.whale import Whale, WhaleConfig, make_config
+        return Whale, WhaleConfig, make_config
+    raise ValueError(f"unknown world model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def make(name: str, preset: str = "small", *, tasks: tuple[str, ...] = ("toy-reach",),
@@ -21,10 +32,8 @@ def make(name: str, preset: str = "small", *, tasks: tuple[str, ...] = ("toy-rea
         overrides["action_dim"] = action_dim
     if image_size is not None:
         overrides["image_size"] = image_size
-    if name == "dreamer4":
-        from world_models.dreamer4 import Dreamer4, make_config
-        return Dreamer4(make_config(preset, **overrides), tasks=tuple(tasks))
-    raise ValueError(f"unknown world model {name!r}; choose from {', '.join(MODELS)}")
+    model_cls, _, make_config = _family(name)
+    return model_cls(make_config(preset, **overrides), tasks=tuple(tasks))
 
 
 def load(path: str | Path, device: str = "cpu") -> WorldModel:
@@ -33,13 +42,12 @@ def load(path: str | Path, device: str = "cpu") -> WorldModel:
     if folder is None:
         raise ValueError(f"no checkpoint at {path}")
     spec = read_config(folder)
-    if spec["name"] == "dreamer4":
-        from world_models.dreamer4 import Dreamer4, Dreamer4Config
-        known = {f.name for f in fields(Dreamer4Config)}
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items() if k in known}
-        model = Dreamer4(Dreamer4Config(**cfg), tasks=tuple(spec["tasks"]))
-    else:
+    if spec["name"] not in MODELS:
         raise ValueError(f"{path}: unknown world model {spec['name']!r}")
+    model_cls, config_cls, _ = _family(spec["name"])
+    known = {f.name for f in fields(config_cls)}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items() if k in known}
+    model = model_cls(config_cls(**cfg), tasks=tuple(spec["tasks"]))
     load_weights(model, folder)
     return model.to(device).eval()
 

@@ -68,6 +68,10 @@ class Dreamer4Config:
         if abs(self.context_tau * self.k_max - round(self.context_tau * self.k_max)) > 1e-6:
             raise ValueError(f"context_tau {self.context_tau} is not on the 1/{self.k_max} grid")
 
+    @property
+    def phase_steps(self) -> dict[str, int]:
+        return {"tokenizer": self.tok_steps, "dynamics": self.dyn_steps}
+
 
 # The small presets train without the shortcut bootstrap: switched on early (measured on
 # toy-reach, tiny, after 100-300 of 300-600 steps) it drove the finest-step flow MSE from
