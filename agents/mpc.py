@@ -9,6 +9,7 @@ from torch import Tensor
 
 from agents.context import FrameContext
 from planners import MPC
+from uncertainty import penalized_reward, signal
 from world_models import Imagination, WorldModel
 
 
@@ -16,8 +17,10 @@ class MPCAgent:
     """Receding-horizon control with a world model.
 
     A candidate plan `[H, A]` scores `Σ_h γ^h (r_h - λ u_h)` (+ `γ^H V` when a terminal
-    value is given), where `r` are the model's predicted rewards and `u` is any per-step
-    signal from `Imagination.signals` (e.g. `"flow_instability"`). When the model has a
+    value is given), where `r` are the model's predicted rewards and `u` is a per-step
+    uncertainty signal by name (`uncertainty.signal`: `"u_r"`, `"u_s"`, `"u_f"` or a native
+    one such as `"token_entropy"`), divided by the scene motion when `motion` is given
+    (MOPO-style penalty). When the model has a
     BC head, its rollout from the current context warm-starts the CEM mean and, with
     `prior_samples - 1` noisy copies, joins every iteration's candidates.
 
@@ -28,6 +31,8 @@ class MPCAgent:
         context: frames of history the model sees (with the actions between them).
         discount: γ.
         penalty, lam: the signal name and its weight λ (MOPO-style penalty).
+        seeds: samples per plan (`"u_s"` needs >= 2; rewards are averaged over them).
+        motion: `MotionStats` or `RunningMotion` to normalise the penalty by, or None.
         terminal_value: `Imagination -> [N]` value of each plan's last state, or None.
         prior_samples: BC-prior trajectories injected per iteration (0 disables the prior).
         prior_noise: std of the Gaussian perturbation of the extra prior trajectories.
@@ -35,12 +40,17 @@ class MPCAgent:
     """
 
     def __init__(self, model: WorldModel, mpc: MPC, task: str, *, context: int = 1, discount: float = 1.0,
-                 penalty: str | None = None, lam: float = 0.0,
+                 penalty: str | None = None, lam: float = 0.0, seeds: int = 1, motion=None,
                  terminal_value: Callable[[Imagination], Tensor] | None = None,
                  prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
-        if penalty is not None and lam and penalty not in getattr(model, "native_signals", ()):
-            raise ValueError(f"{model.name} does not compute the signal {penalty!r}; "
-                             f"it has {list(getattr(model, 'native_signals', ()))}")
+        native = tuple(getattr(model, "native_signals", ()))
+        if penalty is not None and lam:
+            known = ("u_r", "u_s", *native, *(("u_f",) if "flow_instability" in native else ()))
+            if penalty not in known:
+                raise ValueError(f"{model.name} offers the signals {list(known)}, not {penalty!r}")
+            if penalty == "u_s" and seeds < 2:
+                raise ValueError("the penalty u_s (inter-seed variance) needs seeds >= 2")
+        self.seeds, self.motion = seeds, motion
         self.model, self.mpc, self.task = model, mpc, task
         self.context, self.discount = FrameContext(context), discount
         self.penalty, self.lam, self.terminal_value = penalty, lam, terminal_value
@@ -83,12 +93,16 @@ class MPCAgent:
     # ---- internals -------------------------------------------------------------------------
     def _score(self, obs: Tensor, ctx_actions: Tensor | None, plans: Tensor) -> Tensor:
         """Discounted (penalised) return of each plan `[N, H, A]` -> `[N]`."""
-        signals = (self.penalty,) if self.penalty and self.lam else ()
-        im = self.model.imagine(obs, plans.to(self.model.device), context_actions=ctx_actions,
+        penalised = bool(self.penalty and self.lam)
+        native = "flow_instability" if self.penalty == "u_f" else self.penalty
+        signals = (native,) if penalised and native in self.model.native_signals else ()
+        im = self.model.imagine(obs, plans.to(self.model.device), context_actions=ctx_actions, seeds=self.seeds,
                                 signals=signals, task=self.task, generator=self.generator)
         reward = im.rewards
-        if signals:
-            reward = reward - self.lam * im.signals[self.penalty]
+        if penalised:
+            u = signal(self.penalty, self.model, im)
+            u = u if self.motion is None else self.motion.normalise(u, self.task)
+            reward = penalized_reward(reward, u, self.lam)
         weights = self.discount ** torch.arange(self.horizon, device=reward.device, dtype=reward.dtype)
         score = (reward * weights).sum(-1)
         if self.terminal_value is not None:

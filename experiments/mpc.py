@@ -154,7 +154,9 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
         size = model.cfg.image_size
         policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, spec.action_dim, s)
-        if "bc" in cfg.baselines:
+        if "bc" in cfg.baselines and not model.has_policy:
+            print(f"{cfg.world_model} has no BC policy head: no bc baseline, and MPC plans without a prior")
+        elif "bc" in cfg.baselines:
             policies["bc"] = lambda env, s: BCAgent(model, cfg.task, spec.action_dim, context=cfg.agent.context, seed=s)
     if cfg.world_model == "oracle" or cfg.oracle:
         oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior_samples": 0, "context": 1}})

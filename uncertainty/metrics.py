@@ -9,6 +9,7 @@ from torch import Tensor
 
 from envs import TASKS
 from world_models.base import WorldModel, psnr_from_mse, to_float_frames
+from world_models.perceptual import lpips_net
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -73,3 +74,66 @@ def action_shuffle_ratio(model: WorldModel, batch: dict, seed: int = 0) -> float
     perm = torch.randperm(len(batch["actions"]), generator=torch.Generator().manual_seed(seed + 1))
     shuffled = dict(batch, actions=batch["actions"][perm])
     return (model.prediction_error(shuffled, torch.Generator().manual_seed(seed)).mean() / true).item()
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Ranks (0-based) of a 1-D tensor, ties given their average rank."""
+    x = x.double()
+    order = x.argsort()
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    for value in x.unique():  # average the ranks of tied values
+        tied = x == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (Pearson correlation of their ranks)."""
+    x, y = torch.as_tensor(x).flatten(), torch.as_tensor(y).flatten()
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"spearman needs two equally long series of >= 2 values, got {len(x)} and {len(y)}")
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.pow(2).sum() * ry.pow(2).sum()).sqrt()
+    return float("nan") if denom == 0 else (rx * ry).sum().div(denom).item()
+
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (1 = positive): the chance
+    that a random positive scores above a random negative, ties counting one half."""
+    scores, labels = torch.as_tensor(scores).flatten().double(), torch.as_tensor(labels).flatten().bool()
+    pos, neg = labels.sum().item(), (~labels).sum().item()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = _ranks(scores) + 1
+    return ((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg)).item()
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = 7) -> Tensor:
+    """Structural similarity per frame `[..., 3, H, W] -> [...]` (uniform `window` x `window`
+    filter, constants of Wang et al. 2004 for a data range of 1; channels averaged)."""
+    x, y = to_float_frames(pred), to_float_frames(target)
+    lead = x.shape[:-3]
+    x, y = x.reshape(-1, *x.shape[-3:]), y.reshape(-1, *y.shape[-3:])
+    window = min(window, x.shape[-1], x.shape[-2])
+    pool = lambda t: torch.nn.functional.avg_pool2d(t, window, stride=1)
+    mx, my = pool(x), pool(y)
+    vx, vy, cov = pool(x * x) - mx ** 2, pool(y * y) - my ** 2, pool(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean((-3, -2, -1)).reshape(lead)
+
+
+def lpips(pred: Tensor, target: Tensor) -> Tensor | None:
+    """LPIPS (AlexNet) distance per frame `[..., 3, H, W] -> [...]`, or None when the `lpips`
+    package or its weights are not available here (one warning is given)."""
+    x, y = to_float_frames(pred), to_float_frames(target)
+    net = lpips_net(x.device)
+    if net is None:
+        return None
+    lead = x.shape[:-3]
+    with torch.no_grad():
+        d = net(x.reshape(-1, *x.shape[-3:]) * 2 - 1, y.reshape(-1, *y.shape[-3:]) * 2 - 1)
+    return d.reshape(lead)

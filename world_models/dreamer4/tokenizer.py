@@ -14,13 +14,11 @@ reached 23.6 dB after 600 steps.
 """
 from __future__ import annotations
 
-import functools
-import warnings
-
 import torch
 from torch import Tensor, nn
 
 from world_models.base import psnr_from_mse
+from world_models.perceptual import lpips_net
 from world_models.blocks import Block, RMSNorm, RunningRMS, patchify, unpatchify
 from world_models.dreamer4.config import Dreamer4Config
 
@@ -121,20 +119,3 @@ class Tokenizer(nn.Module):
             total = total + self.cfg.lpips_weight * self.lpips_rms(lpips)
             metrics["tok/lpips"] = lpips.item()
         return total, metrics
-
-
-@functools.lru_cache(maxsize=None)
-def lpips_net(device: torch.device):
-    """Frozen `lpips.LPIPS(net="alex")` on `device`, or None (with one warning) when the
-    package or its backbone weights cannot be loaded here."""
-    try:
-        import lpips
-        net = lpips.LPIPS(net="alex", verbose=False).eval().to(device)
-    except Exception as err:  # ImportError, or torchvision / weight download failures
-        warnings.warn(f"LPIPS unavailable ({type(err).__name__}: {err}); the tokenizer trains "
-                      "with pixel MSE only", RuntimeWarning, stacklevel=2)
-        return None
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-

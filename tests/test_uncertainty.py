@@ -1,0 +1,141 @@
+"""Uncertainty predictors, retracing, baselines, penalties and metrics on constructed cases."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import world_models
+from replay import EpisodeStore, collect
+from uncertainty import (KNNDistance, MotionStats, RunningMotion, auroc, curiosity_reward, latent_motion,
+                         penalized_reward, retracing_actions, retracing_uncertainty, round_trip_residual,
+                         seed_variance, signal, spearman, ssim)
+
+
+class PixelModel(torch.nn.Module):
+    """A 'world model' whose latents are the frames themselves, optionally quantised on decode."""
+
+    name, native_signals = "pixels", ()
+
+    def __init__(self, levels: int | None = None):
+        super().__init__()
+        self.levels = levels
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def device(self):
+        return self.dummy.device
+
+    def encode(self, frames):
+        return frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+
+    def decode(self, latents):
+        return latents if self.levels is None else (latents * self.levels).round() / self.levels
+
+
+def test_identity_tokenizer_gives_zero_round_trip_residual():
+    z = torch.rand(2, 3, 3, 8, 8)
+    assert round_trip_residual(PixelModel(), z).abs().max() == 0
+    lossy = round_trip_residual(PixelModel(levels=4), z)
+    assert lossy.shape == (2, 3) and (lossy > 0).all()
+
+
+def test_identical_seeds_give_zero_seed_variance():
+    same = torch.randn(1, 2, 5, 4).expand(3, -1, -1, -1)
+    assert seed_variance(same).abs().max() == 0
+    spread = torch.stack([torch.zeros(2, 5, 4), torch.full((2, 5, 4), 2.0)])
+    torch.testing.assert_close(seed_variance(spread), torch.ones(2, 5))  # var of {0, 2} is 1
+    with pytest.raises(ValueError, match="seeds >= 2"):
+        seed_variance(same[:1])
+
+
+def test_whale_greedy_seeds_agree_and_sampled_seeds_do_not():
+    torch.manual_seed(0)
+    model = world_models.make("whale", "tiny").eval()
+    obs = torch.rand(1, 3, 16, 16)
+    greedy = model.imagine(obs, torch.zeros(2, 3, 2), seeds=3, temperature=0)
+    assert signal("u_s", model, greedy).abs().max() == 0
+    sampled = model.imagine(obs, torch.zeros(2, 3, 2), seeds=3, temperature=1.0)
+    assert (signal("u_s", model, sampled) > 0).all()
+    with pytest.raises(ValueError, match="offers"):
+        signal("flow_instability", model, sampled)
+
+
+def test_retracing_actions_sum_correctly_and_stay_in_bounds():
+    g = torch.Generator().manual_seed(0)
+    actions = torch.rand(5, 4, 3, generator=g) * 2 - 1  # 4 steps, dims 0-1 accumulate, dim 2 a gripper
+    retr = retracing_actions(actions, (0, 1))
+    torch.testing.assert_close(retr[..., :2].sum(1), actions[..., :2].sum(1))
+    assert torch.allclose(retr[..., :2], retr[:, :1, :2].expand(-1, 4, -1))  # k equal steps
+    torch.testing.assert_close(retr[..., 2], actions[:, -1:, 2].expand(-1, 4))  # gripper keeps its last value
+    assert retr.abs().max() <= 1.0
+    with pytest.raises(ValueError, match="delta_pose"):
+        retracing_actions(actions, ())
+
+
+def test_retracing_uncertainty_runs_on_delta_pose_and_refuses_torque_tasks():
+    torch.manual_seed(0)
+    model = world_models.make("whale", "tiny").eval()
+    frames, actions = torch.rand(2, 4, 3, 16, 16), torch.rand(2, 4, 2) * 2 - 1
+    out = retracing_uncertainty(model, frames, actions, task="toy-reach", ks=(1, 2, 3))
+    assert out.uncertainty.shape == (2,) and out.disagreement.shape == (2, 3)
+    assert torch.isfinite(out.uncertainty).all() and (out.uncertainty > 0).all()
+    assert out.entropy_signal == "token_entropy" and out.distance in ("lpips", "latent_rms")
+    with pytest.raises(ValueError, match="delta_pose"):
+        retracing_uncertainty(model, frames, torch.zeros(2, 4, 1), task="cup-catch")
+    with pytest.raises(ValueError, match="retracing steps"):
+        retracing_uncertainty(model, frames, actions, task="toy-reach", ks=(4,))
+
+
+def test_motion_normalisation_divides_by_the_task_value(tmp_path):
+    stats = MotionStats({"toy-reach": 2.0, "cup-catch": 4.0})
+    u = torch.tensor([[1.0, 8.0]])
+    torch.testing.assert_close(stats.normalise(u, "cup-catch"), torch.tensor([[0.25, 2.0]]))
+    torch.testing.assert_close(stats.normalise(u, "toy-reach"), torch.tensor([[0.5, 4.0]]))
+    stats.save(tmp_path)
+    assert MotionStats.load(tmp_path).per_task == stats.per_task
+    with pytest.raises(KeyError, match="finger"):
+        stats("finger-spin")
+    running = RunningMotion()
+    running.update(torch.tensor([[[0.0], [1.0], [3.0]]]))  # steps of RMS 1 and 2
+    assert running("toy-reach") == pytest.approx(1.5)
+
+
+def test_motion_fit_is_the_mean_rms_latent_change(tmp_path):
+    collect("toy-reach", "random", tmp_path, 3, size=16, seed=0, progress=False)
+    store = EpisodeStore(tmp_path)
+    stats = MotionStats.fit(store, PixelModel(), windows=8, seq_len=4, batch=8, seed=3)
+    b = store.sample(8, 4, rng=np.random.default_rng(3))
+    expected = latent_motion(b["frames"].float() / 255).mean().item()
+    assert stats("toy-reach") == pytest.approx(expected, rel=1e-5) and expected > 0
+
+
+def test_knn_distance_is_exact_on_a_small_bank():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    knn = KNNDistance(bank, k=2)
+    d = knn(torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]))  # [1, 2 steps, 2]
+    torch.testing.assert_close(d, torch.tensor([[0.5, 0.5 * (0 + 1)]]))
+
+
+def test_spearman_and_auroc_match_hand_computed_values():
+    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3, 2, 4])) == pytest.approx(0.8)
+    # ties take their average rank: x ranks (1, 2.5, 2.5, 4)
+    assert spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 2, 3, 4])) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1.0)
+    assert auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == pytest.approx(0.5)
+    assert math.isnan(auroc(torch.tensor([0.5, 0.7]), torch.tensor([1, 1])))
+
+
+def test_ssim_is_one_for_identical_frames_and_lower_for_noise():
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(ssim(x, x), torch.ones(2))
+    assert (ssim(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)) < 0.9).all()
+
+
+def test_penalty_and_curiosity():
+    r, u = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0])
+    torch.testing.assert_close(penalized_reward(r, u, 2.0), torch.tensor([0.0, 0.0]))
+    torch.testing.assert_close(curiosity_reward(u, 3.0), torch.tensor([1.5, 3.0]))
+    with pytest.raises(ValueError):
+        penalized_reward(r, u, -1.0)
