@@ -104,7 +104,7 @@ def make_planner(cfg: DictConfig, action_dim: int, seed: int) -> MPC:
 def make_mpc_agent(cfg: DictConfig, model, action_dim: int, seed: int) -> MPCAgent:
     a = cfg.agent
     return MPCAgent(model, make_planner(cfg, action_dim, seed), cfg.task, context=a.context,
-                    discount=a.discount, penalty=a.penalty, lam=a.lam, prior_samples=a.prior_samples,
+                    discount=a.discount, penalty=a.penalty, lam=a.lam, seeds=a.seeds, prior_samples=a.prior_samples,
                     prior_noise=a.prior_noise, seed=seed)
 
 

@@ -22,3 +22,15 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], run.stderr
+
+
+@pytest.mark.parametrize("script, override, word", [
+    ("hallucination.py", "checkpoint=/nonexistent", "checkpoint"),
+    ("train.py", "world_model=whale2", "whale2"),
+])
+def test_other_entry_points_reject_bad_values_in_one_line(script, override, word, tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), override, f"store={tmp_path / 'data'}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], run.stderr

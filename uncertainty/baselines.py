@@ -49,8 +49,8 @@ class KNNDistance:
         rng = np.random.default_rng(seed)
         bank = []
         for start in range(0, size, batch):
-            b = store.sample(min(batch, size - start), 1, episodes=episodes, rng=rng)
-            bank.append(model.encode(b["frames"].to(model.device))[:, 0].flatten(1).float().cpu())
+            b = store.sample(min(batch, size - start), 2, episodes=episodes, rng=rng)
+            bank.append(model.encode(b["frames"][:, :1].to(model.device))[:, 0].flatten(1).float().cpu())
         return cls(torch.cat(bank), k)
 
     def __call__(self, latents: Tensor) -> Tensor:

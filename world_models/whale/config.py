@@ -81,7 +81,7 @@ PRESETS = {
     "tiny": dict(image_size=16, patch=2, tok_dim=64, tok_heads=4, enc_depth=1, dec_depth=1,
                  num_codes=256, latent_dim=8, beh_patch=8, beh_dim=64, beh_heads=4,
                  posterior_depth=1, prior_depth=1, categories=8, classes=8, dyn_dim=64,
-                 dyn_heads=4, dyn_depth=2, reward_bins=41, lr=2e-3, batch=16, seq_len=8,
+                 dyn_heads=4, dyn_depth=3, reward_bins=41, lr=2e-3, batch=16, seq_len=8,
                  tok_steps=700, beh_steps=300, dyn_steps=600),
     # the 64 px CPU model for one DMC task (16 x 16 = 64 tokens a frame... at patch 8: 64)
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, enc_depth=2, dec_depth=2,
