@@ -1,11 +1,9 @@
-"""Does the tiny WHALE model learn toy-reach in a few CPU minutes, does its behaviour
-embedding tell policies apart, and do the hallucination predictors flag where it was not
-trained? (The coverage experiment of the uncertainty issue.)
+"""Does the tiny WHALE model learn toy-reach in a few CPU minutes, and does its behaviour
+embedding tell policies apart?
 
-One module-scoped run collects expert, OU-noise and random episodes that stay in the left
-half of the arena, trains the `tiny` preset (tokenizer, behaviour model, dynamics) on them,
-and evaluates on held-out episodes of the same behaviours in the left half (covered) and in
-the right half (never seen).
+One module-scoped run collects expert, OU-noise and random episodes, trains the `tiny`
+preset (tokenizer, behaviour model, dynamics) on them and evaluates on held-out episodes
+of the same behaviours.
 """
 import numpy as np
 import pytest
@@ -14,14 +12,11 @@ import torch.nn.functional as F
 
 import world_models
 from replay import EpisodeStore, collect
-from uncertainty import KNNDistance, MotionStats, action_shuffle_ratio, recon_psnr, rollout_psnr_gain, spearman
-from uncertainty.evaluation import score_signals, window_signals
+from uncertainty import action_shuffle_ratio, recon_psnr, rollout_psnr_gain
 from world_models.training import TrainConfig, train
 from world_models.whale.model import previous_actions
 
 BEHAVIORS = ("expert", "noise-ou", "random")
-LEFT = dict(start_box=((-0.8, -0.8), (-0.1, 0.8)), goal_box=((-0.8, -0.8), (-0.1, 0.8)))
-RIGHT = dict(start_box=((0.1, -0.8), (0.8, 0.8)), goal_box=((0.1, -0.8), (0.8, 0.8)))
 
 
 def evaluate(model, batch):
@@ -34,12 +29,11 @@ def trained(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("whale")
-    stores = {name: EpisodeStore(root / name) for name in ("train", "left", "right")}
+    stores = {name: EpisodeStore(root / name) for name in ("train", "held")}
     for i, behavior in enumerate(BEHAVIORS):
-        collect("toy-reach", behavior, stores["train"].root, 150, size=16, seed=1000 * i, progress=False, **LEFT)
-        collect("toy-reach", behavior, stores["left"].root, 15, size=16, seed=1000 * i + 7, progress=False, **LEFT)
-        collect("toy-reach", behavior, stores["right"].root, 15, size=16, seed=1000 * i + 8, progress=False, **RIGHT)
-    held = stores["left"].sample(128, 9, rng=np.random.default_rng(1))
+        collect("toy-reach", behavior, stores["train"].root, 150, size=16, seed=1000 * i, progress=False)
+        collect("toy-reach", behavior, stores["held"].root, 15, size=16, seed=1000 * i + 7, progress=False)
+    held = stores["held"].sample(128, 9, rng=np.random.default_rng(1))
     torch.manual_seed(0)
     model = world_models.make("whale", "tiny")
     untrained = evaluate(model.eval(), held)
@@ -89,27 +83,10 @@ def logistic_probe(x, y, x_test):
 def test_behavior_embedding_separates_expert_from_ou_noise(trained):
     model, stores, *_ = trained
     fit = [prior_embeddings(model, stores["train"], beh, seed) for seed, beh in enumerate(BEHAVIORS[:2])]
-    test = [prior_embeddings(model, stores["left"], beh, seed + 10) for seed, beh in enumerate(BEHAVIORS[:2])]
+    test = [prior_embeddings(model, stores["held"], beh, seed + 10) for seed, beh in enumerate(BEHAVIORS[:2])]
     label = lambda parts: torch.cat([torch.full((len(p),), float(i)) for i, p in enumerate(parts)])
     predicted = logistic_probe(torch.cat(fit), label(fit), torch.cat(test))
     accuracy = (predicted == label(test)).float().mean().item()
     print(f"held-out probe accuracy {accuracy:.3f} on {len(predicted)} windows")
     assert accuracy >= 0.85
 
-
-def test_predictors_flag_the_uncovered_half(trained):
-    model, stores, *_ = trained
-    motion = MotionStats.fit(stores["train"], model, windows=128)
-    knn = KNNDistance.fit(stores["train"], model, stores["train"].episodes(), size=2048)
-    halves = {half: window_signals(model, stores[half], stores[half].episodes(), "toy-reach", windows=128,
-                                   motion=motion, knn=knn, seed=1) for half in ("left", "right")}
-    left, right = halves["left"], halves["right"]
-    both = {k: np.concatenate([left[k], right[k]]) for k in left}
-    scores = score_signals(both)
-    for name, s in scores.items():
-        print(f"{name:<14} right/left {right[name].mean() / left[name].mean():5.2f}  "
-              + "  ".join(f"{k} {v:6.3f}" for k, v in s.items()))
-    assert right["rollout_psnr"].mean() < left["rollout_psnr"].mean()  # the model is worse where it never was
-    for name in ("u_r/m", "u_s/m"):  # the normalised predictors WHALE supports (u_f is the flow model's)
-        assert right[name].mean() > 1.1 * left[name].mean(), name
-        assert spearman(torch.as_tensor(both[name]), torch.as_tensor(both["rollout_psnr"])) <= -0.3, name
