@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import world_models
 from replay import EpisodeStore
-from uncertainty import action_shuffle_ratio, recon_psnr, rollout_psnr_gain
+from uncertainty import world_model_quality
 from world_models.training import TrainConfig, split_episodes, train
 
 
@@ -26,10 +26,10 @@ def evaluate(model, store, episodes, batch: int, seed: int) -> dict[str, float]:
     for task in sorted({e.task for e in episodes}):
         eps = [e for e in episodes if e.task == task]
         b = store.sample(batch, 9, episodes=eps, rng=rng)
-        gen = torch.Generator().manual_seed(seed)
-        out[f"{task}/recon_psnr_db"] = recon_psnr(model, b)
-        out[f"{task}/rollout8_psnr_gain_db"] = rollout_psnr_gain(model, b, generator=gen)
-        out[f"{task}/action_shuffle_ratio"] = action_shuffle_ratio(model, b, seed)
+        q = world_model_quality(model, b, seed)
+        out[f"{task}/recon_psnr_db"] = q.recon_psnr
+        out[f"{task}/rollout8_psnr_gain_db"] = q.rollout_gain
+        out[f"{task}/action_shuffle_ratio"] = q.shuffle_ratio
     return out
 
 

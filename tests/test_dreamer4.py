@@ -153,7 +153,7 @@ def test_shortcut_bootstrap_rows_train_coarse_steps():
 def test_config_rejects_untrained_sampling_steps():
     with pytest.raises(ValueError, match="sample_steps must equal k_max"):
         world_models.make("dreamer4", "tiny", k_max=8, sample_steps=4, self_consistency=0.0)
-    with pytest.raises(ValueError, match="unknown dreamer4 config field"):
+    with pytest.raises(ValueError, match="unknown Dreamer4Config field"):
         world_models.make("dreamer4", "tiny", depth=3)
     with pytest.raises(ValueError, match="unknown preset"):
         world_models.make("dreamer4", "huge")

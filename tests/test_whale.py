@@ -122,7 +122,7 @@ def test_bad_inputs_give_clear_errors(model):
         model.imagine(obs, None)
     with pytest.raises(ValueError, match="context_actions"):
         model.imagine(frames(0, b=1, t=3), torch.zeros(1, 2, 2))
-    with pytest.raises(ValueError, match="unknown whale config"):
+    with pytest.raises(ValueError, match="unknown WhaleConfig field"):
         world_models.make("whale", "tiny", num_cods=3)
     with pytest.raises(ValueError, match="multiple"):
         world_models.make("whale", "tiny", patch=3)

@@ -12,16 +12,11 @@ import torch.nn.functional as F
 
 import world_models
 from replay import EpisodeStore, collect
-from uncertainty import action_shuffle_ratio, recon_psnr, rollout_psnr_gain
+from uncertainty import world_model_quality
 from world_models.training import TrainConfig, train
-from world_models.whale.model import previous_actions
+from world_models.base import previous_actions
 
 BEHAVIORS = ("expert", "noise-ou", "random")
-
-
-def evaluate(model, batch):
-    return (recon_psnr(model, batch), rollout_psnr_gain(model, batch, generator=torch.Generator().manual_seed(0)),
-            action_shuffle_ratio(model, batch))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def trained(tmp_path_factory):
     held = stores["held"].sample(128, 9, rng=np.random.default_rng(1))
     torch.manual_seed(0)
     model = world_models.make("whale", "tiny")
-    untrained = evaluate(model.eval(), held)
+    untrained = world_model_quality(model.eval(), held)
     cfg = model.cfg
     train(model, stores["train"], stores["train"].episodes(), root / "run", TrainConfig(
         steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -47,7 +42,7 @@ def trained(tmp_path_factory):
 
 def test_tiny_whale_learns_toy_reach(trained):
     model, _, held, untrained = trained
-    recon, gain, ratio = evaluate(model, held)
+    recon, gain, ratio = world_model_quality(model, held)
     print(f"trained: recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
           f"untrained: {untrained[0]:.2f} dB, {untrained[1]:.2f} dB, {untrained[2]:.3f}")
     assert recon > 30.0 > untrained[0] + 10

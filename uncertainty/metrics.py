@@ -4,6 +4,8 @@ Frames are float in [0, 1] (uint8 is converted): `[..., 3, H, W]`.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -137,3 +139,18 @@ def lpips(pred: Tensor, target: Tensor) -> Tensor | None:
     with torch.no_grad():
         d = net(x.reshape(-1, *x.shape[-3:]) * 2 - 1, y.reshape(-1, *y.shape[-3:]) * 2 - 1)
     return d.reshape(lead)
+
+
+class Quality(NamedTuple):
+    recon_psnr: float    # dB
+    rollout_gain: float  # dB over repeating the last frame
+    shuffle_ratio: float
+
+
+def world_model_quality(model: WorldModel, batch: dict, seed: int = 0) -> Quality:
+    """The three held-out numbers every world model is judged by, on windows `batch` of one
+    task: recon PSNR, rollout PSNR gain over repeat-last-frame (1 context frame, the rest
+    imagined) and the action-shuffle ratio."""
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    return Quality(recon_psnr(model, batch), rollout_psnr_gain(model, batch, generator=gen),
+                   action_shuffle_ratio(model, batch, seed))

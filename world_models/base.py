@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterator
 
 import torch
@@ -101,6 +101,53 @@ def check_actions(actions: Tensor, action_dim: int) -> Tensor:
     if not torch.isfinite(actions).all():
         raise ValueError("actions contain non-finite values")
     return nn.functional.pad(actions.float(), (0, action_dim - actions.shape[-1]))
+
+
+def check_imagine_inputs(model: WorldModel, obs: Tensor, signals: tuple[str, ...], seeds: int) -> Tensor:
+    """Validate the common `imagine` arguments; returns obs as a context `[B, T0, 3, H, W]`."""
+    unknown = set(signals) - set(model.native_signals)
+    if unknown:
+        raise ValueError(f"{model.name} computes {model.native_signals} natively, not {sorted(unknown)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    obs = obs[:, None] if obs.ndim == 4 else obs
+    if obs.ndim != 5:
+        raise ValueError(f"obs must be [B, 3, H, W] or [B, T0, 3, H, W], got {tuple(obs.shape)}")
+    return obs
+
+
+def context_action_inputs(context_actions: Tensor | None, B: int, T0: int, action_dim: int,
+                          device: torch.device) -> tuple[Tensor, Tensor]:
+    """The action that led to each of T0 context frames, padded `[B, T0, action_dim]`, and its
+    mask (all False at the first frame), from `context_actions [B, T0 - 1, A]`."""
+    prev = torch.zeros(B, T0, action_dim, device=device)
+    prev_mask = torch.zeros(B, T0, action_dim, dtype=torch.bool, device=device)
+    if T0 > 1:
+        if context_actions is None or context_actions.shape[:2] != (B, T0 - 1):
+            raise ValueError(f"a context of {T0} frames needs context_actions [B={B}, {T0 - 1}, A]")
+        prev[:, 1:] = check_actions(context_actions.to(device), action_dim)
+        prev_mask[:, 1:, : context_actions.shape[-1]] = True
+    return prev, prev_mask
+
+
+def previous_actions(actions: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """The action that led to each of `length` frames `[B, length, A]` and its mask (no action
+    before the first frame), from `actions [B, length - 1, A]` and `mask [B, A]`."""
+    B, _, A = actions.shape
+    prev = nn.functional.pad(actions, (0, 0, 1, 0))
+    prev_mask = mask[:, None].expand(B, length, A).clone()
+    prev_mask[:, 0] = False
+    return prev, prev_mask
+
+
+def preset_config(config_cls, presets: dict[str, dict], preset: str, overrides: dict):
+    """`config_cls` built from `presets[preset]` with `overrides`; unknown names raise `ValueError`."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
+    bad = sorted(set(overrides) - {f.name for f in fields(config_cls)})
+    if bad:
+        raise ValueError(f"unknown {config_cls.__name__} field(s): {', '.join(bad)}")
+    return replace(config_cls(**presets[preset]), **overrides)
 
 
 def psnr_from_mse(err: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
 """Configuration and presets of the Dreamer-4-style world model."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from envs import MAX_ACTION_DIM, TASKS
+from world_models.base import preset_config
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,4 @@ PRESETS = {
 
 def make_config(preset: str = "small", **overrides) -> Dreamer4Config:
     """The preset's config with `overrides` applied; unknown names raise `ValueError`."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    known = {f.name for f in fields(Dreamer4Config)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown dreamer4 config field(s): {', '.join(bad)}")
-    return replace(Dreamer4Config(**PRESETS[preset]), **overrides)
+    return preset_config(Dreamer4Config, PRESETS, preset, overrides)

@@ -6,12 +6,12 @@ from dataclasses import asdict
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from envs import task_index, task_spec
-from world_models.base import Imagination, WorldModel, check_actions, to_float_frames
+from world_models.base import (Imagination, WorldModel, check_actions, check_imagine_inputs, context_action_inputs,
+                               previous_actions, to_float_frames)
 from world_models.dreamer4.config import Dreamer4Config
 from world_models.blocks import KVContext, RunningRMS
 from world_models.dreamer4.dynamics import Dynamics, flow_weight, reward_loss
@@ -106,12 +106,8 @@ class Dreamer4(WorldModel):
 
     def _previous_actions(self, batch) -> tuple[Tensor, Tensor]:
         """Action (and mask) that led to each frame: `[B, T, A]`, zero at the first frame."""
-        actions, mask = batch["actions"].to(self.device), batch["action_mask"].to(self.device)
-        B, T1, A = actions.shape
-        prev = F.pad(actions, (0, 0, 1, 0))
-        prev_mask = mask[:, None, :].expand(B, T1 + 1, A).clone()
-        prev_mask[:, 0] = False
-        return prev, prev_mask
+        actions = batch["actions"].to(self.device)
+        return previous_actions(actions, batch["action_mask"].to(self.device), actions.shape[1] + 1)
 
     def _flow_loss(self, x, prev, prev_mask, task) -> tuple[Tensor, dict[str, float]]:
         """Shortcut flow matching: empirical rows at the finest step, bootstrap rows at
@@ -200,14 +196,7 @@ class Dreamer4(WorldModel):
                 every substep; the reference the cache is tested against).
             generator: torch generator for the sampling noise.
         """
-        unknown = set(signals) - set(self.native_signals)
-        if unknown:
-            raise ValueError(f"dreamer4 computes {self.native_signals} natively, not {sorted(unknown)}")
-        if seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {seeds}")
-        obs = obs[:, None] if obs.ndim == 4 else obs
-        if obs.ndim != 5:
-            raise ValueError(f"obs must be [B, 3, H, W] or [B, T0, 3, H, W], got {tuple(obs.shape)}")
+        obs = check_imagine_inputs(self, obs, signals, seeds)
         B, T0 = obs.shape[:2]
         if actions is None:
             if not self.has_policy or horizon is None:
@@ -248,13 +237,7 @@ class Dreamer4(WorldModel):
         dyn = self.dynamics
         B, T0 = obs.shape[:2]
         x = dyn.pack(self.encode(obs.to(self.device)))
-        prev = torch.zeros(B, T0, self.action_dim, device=self.device)
-        prev_mask = torch.zeros(B, T0, self.action_dim, dtype=torch.bool, device=self.device)
-        if T0 > 1:
-            if context_actions is None or context_actions.shape[:2] != (B, T0 - 1):
-                raise ValueError(f"a context of {T0} frames needs context_actions [B={B}, {T0 - 1}, A]")
-            prev[:, 1:] = check_actions(context_actions.to(self.device), self.action_dim)
-            prev_mask[:, 1:, : context_actions.shape[-1]] = True
+        prev, prev_mask = context_action_inputs(context_actions, B, T0, self.action_dim, self.device)
         return self._commit_tokens(x, prev, prev_mask, self.task_tensor(task, B), generator)
 
     def _commit_tokens(self, x, prev, prev_mask, task, generator) -> Tensor:

@@ -1,9 +1,10 @@
 """Configuration and presets of the WHALE-ST world model (WHALE §5.1, appendix B)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from envs import MAX_ACTION_DIM, TASKS
+from world_models.base import preset_config
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,4 @@ PRESETS = {
 
 def make_config(preset: str = "small", **overrides) -> WhaleConfig:
     """The preset's config with `overrides` applied; unknown names raise `ValueError`."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    known = {f.name for f in fields(WhaleConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown whale config field(s): {', '.join(bad)}")
-    return replace(WhaleConfig(**PRESETS[preset]), **overrides)
+    return preset_config(WhaleConfig, PRESETS, preset, overrides)

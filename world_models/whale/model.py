@@ -16,22 +16,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from envs import task_index
-from world_models.base import Imagination, WorldModel, check_actions, to_float_frames
+from world_models.base import (Imagination, WorldModel, check_actions, check_imagine_inputs, context_action_inputs,
+                               previous_actions, to_float_frames)
 from world_models.blocks import KVContext
 from world_models.whale.behavior import BehaviorModel
 from world_models.whale.config import WhaleConfig
 from world_models.whale.dynamics import STDynamics
 from world_models.whale.tokenizer import VQTokenizer
-
-
-def previous_actions(actions: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
-    """The action that led to each of `length` frames `[B, length, A]` and its mask (no action
-    before the first frame). `actions [B, length - 1, A]`, `mask [B, A]`."""
-    B, _, A = actions.shape
-    prev = F.pad(actions, (0, 0, 1, 0))
-    prev_mask = mask[:, None].expand(B, length, A).clone()
-    prev_mask[:, 0] = False
-    return prev, prev_mask
 
 
 class Whale(WorldModel):
@@ -139,14 +130,7 @@ class Whale(WorldModel):
         temperature 1) of the N next-frame tokens. With behaviour conditioning every
         imagined frame is decoded so that the prior can infer z from it.
         """
-        unknown = set(signals) - set(self.native_signals)
-        if unknown:
-            raise ValueError(f"whale computes {self.native_signals} natively, not {sorted(unknown)}")
-        if seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {seeds}")
-        obs = obs[:, None] if obs.ndim == 4 else obs
-        if obs.ndim != 5:
-            raise ValueError(f"obs must be [B, 3, H, W] or [B, T0, 3, H, W], got {tuple(obs.shape)}")
+        obs = check_imagine_inputs(self, obs, signals, seeds)
         if actions is None:
             raise ValueError("whale has no policy head: pass actions [B, H, A]")
         B, T0 = obs.shape[:2]
@@ -156,13 +140,7 @@ class Whale(WorldModel):
             raise ValueError(f"actions batch {n} must equal obs batch {B}, or obs batch must be 1")
         temp = self.cfg.temperature if temperature is None else temperature
         frames = to_float_frames(obs.to(self.device))
-        prev = torch.zeros(B, T0, self.action_dim, device=self.device)
-        prev_mask = torch.zeros(B, T0, self.action_dim, dtype=torch.bool, device=self.device)
-        if T0 > 1:
-            if context_actions is None or context_actions.shape[:2] != (B, T0 - 1):
-                raise ValueError(f"a context of {T0} frames needs context_actions [B={B}, {T0 - 1}, A]")
-            prev[:, 1:] = check_actions(context_actions.to(self.device), self.action_dim)
-            prev_mask[:, 1:, : context_actions.shape[-1]] = True
+        prev, prev_mask = context_action_inputs(context_actions, B, T0, self.action_dim, self.device)
         vectors = self.encode(frames)  # [B, T0, N, D]
         task_b = self.task_tensor(task, B)
         z = None
