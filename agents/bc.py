@@ -4,25 +4,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.context import FrameContext
+from agents.context import ContextAgent
 from world_models import WorldModel
 
 
-class BCAgent:
+class BCAgent(ContextAgent):
     """The first action of the model's BC-policy rollout from the current context."""
 
     def __init__(self, model: WorldModel, task: str, action_dim: int, *, context: int = 1, seed: int = 0):
         if not model.has_policy:
             raise ValueError(f"{model.name} has no BC policy head")
+        super().__init__(context)
         self.model, self.task, self.action_dim = model, task, action_dim
-        self.context = FrameContext(context)
         self.generator = torch.Generator().manual_seed(seed)
-
-    def reset(self, obs: np.ndarray) -> None:
-        self.context.reset(obs)
-
-    def observe(self, action: np.ndarray, obs: np.ndarray) -> None:
-        self.context.push(action, obs)
 
     @torch.no_grad()
     def act(self) -> np.ndarray:

@@ -37,3 +37,18 @@ class FrameContext:
         n = len(self.frames) - 1
         actions = torch.stack(list(self.actions)[-n:])[None].to(device) if n else None
         return frames, actions
+
+
+class ContextAgent:
+    """Base of the agents that act from a frame context: `reset(obs)` starts an episode at
+    `obs` (`uint8 [3, h, w]`), `observe(action, obs)` records the executed `action [A]` and
+    the frame it led to."""
+
+    def __init__(self, context: int):
+        self.context = FrameContext(context)
+
+    def reset(self, obs: np.ndarray) -> None:
+        self.context.reset(obs)
+
+    def observe(self, action: np.ndarray, obs: np.ndarray) -> None:
+        self.context.push(action, obs)

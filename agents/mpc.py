@@ -7,13 +7,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.context import FrameContext
+from agents.context import ContextAgent
 from planners import MPC
 from uncertainty import penalized_reward, signal
 from world_models import Imagination, WorldModel
 
 
-class MPCAgent:
+class MPCAgent(ContextAgent):
     """Receding-horizon control with a world model.
 
     A candidate plan `[H, A]` scores `Σ_h γ^h (r_h - λ u_h)` (+ `γ^H V` when a terminal
@@ -52,7 +52,8 @@ class MPCAgent:
                 raise ValueError("the penalty u_s (inter-seed variance) needs seeds >= 2")
         self.seeds, self.motion = seeds, motion
         self.model, self.mpc, self.task = model, mpc, task
-        self.context, self.discount = FrameContext(context), discount
+        super().__init__(context)
+        self.discount = discount
         self.penalty, self.lam, self.terminal_value = penalty, lam, terminal_value
         self.prior_samples, self.prior_noise = prior_samples, prior_noise
         self.generator = torch.Generator().manual_seed(seed)
@@ -62,11 +63,7 @@ class MPCAgent:
     def reset(self, obs: np.ndarray) -> None:
         """Start an episode at `obs` (`uint8 [3, h, w]`)."""
         self.mpc.reset()
-        self.context.reset(obs)
-
-    def observe(self, action: np.ndarray, obs: np.ndarray) -> None:
-        """Record the executed `action [A]` and the frame it led to."""
-        self.context.push(action, obs)
+        super().reset(obs)
 
     @torch.no_grad()
     def act(self) -> np.ndarray:
