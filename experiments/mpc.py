@@ -29,6 +29,7 @@ from agents.evaluate import run_episode
 from planners import CEM, MPC
 from replay import EpisodeStore
 from replay.experts import expert_path
+from uncertainty import MotionStats
 from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.oracle import Oracle
 
@@ -101,11 +102,24 @@ def make_planner(cfg: DictConfig, action_dim: int, seed: int) -> MPC:
         raise ValueError(f"planner: {err}") from None
 
 
-def make_mpc_agent(cfg: DictConfig, model, action_dim: int, seed: int) -> MPCAgent:
+def make_mpc_agent(cfg: DictConfig, model, action_dim: int, seed: int, motion=None) -> MPCAgent:
     a = cfg.agent
     return MPCAgent(model, make_planner(cfg, action_dim, seed), cfg.task, context=a.context,
-                    discount=a.discount, penalty=a.penalty, lam=a.lam, seeds=a.seeds, prior_samples=a.prior_samples,
-                    prior_noise=a.prior_noise, seed=seed)
+                    discount=a.discount, penalty=a.penalty, lam=a.lam, seeds=a.seeds, motion=motion,
+                    prior_samples=a.prior_samples, prior_noise=a.prior_noise, seed=seed)
+
+
+def penalty_motion(cfg: DictConfig, checkpoint: Path) -> MotionStats | None:
+    """The scene motion the penalty is divided by: the checkpoint's `motion.json` (written
+    by experiments/hallucination.py) when there is one for the task, else none."""
+    if not (cfg.agent.penalty and cfg.agent.lam) or not (checkpoint / MotionStats.FILE).exists():
+        return None
+    motion = MotionStats.load(checkpoint)
+    if cfg.task not in motion.per_task:
+        return None
+    print(f"penalty {cfg.agent.penalty} is divided by the scene motion {motion(cfg.task):.4f} "
+          f"from {checkpoint / MotionStats.FILE}")
+    return motion
 
 
 class ImaginedTrack:
@@ -149,11 +163,13 @@ def main(cfg: DictConfig) -> None:
     policies: dict[str, callable] = {}
     size = 64
     if cfg.world_model != "oracle":
-        model = world_models.load(ensure_model(cfg), device=str(device))
+        checkpoint = find_checkpoint(ensure_model(cfg))
+        model = world_models.load(checkpoint, device=str(device))
         if cfg.task not in model.tasks:
             raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
         size = model.cfg.image_size
-        policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, spec.action_dim, s)
+        motion = penalty_motion(cfg, checkpoint)
+        policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, spec.action_dim, s, motion)
         if "bc" in cfg.baselines and not model.has_policy:
             print(f"{cfg.world_model} has no BC policy head: no bc baseline, and MPC plans without a prior")
         elif "bc" in cfg.baselines:

@@ -41,3 +41,26 @@ def test_agent_rejects_a_signal_the_model_lacks():
     env = envs.make("toy-reach", size=16)
     with pytest.raises(ValueError, match="signal"):
         MPCAgent(Oracle(env), MPC(CEM(2, 4)), "toy-reach", penalty="flow_instability", lam=1.0)
+
+
+def test_penalty_by_name_is_divided_by_scene_motion():
+    import world_models
+    from uncertainty import MotionStats, round_trip_residual
+
+    torch.manual_seed(0)
+    model = world_models.make("whale", "tiny", temperature=0.0).eval()  # greedy: repeatable rollouts
+    obs = np.random.default_rng(0).integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    plans = torch.rand(5, 4, 2) * 2 - 1
+
+    def score(lam, motion=None):
+        agent = MPCAgent(model, MPC(CEM(2, horizon=4, population=8, elites=2)), "toy-reach", penalty="u_r",
+                         lam=lam, motion=motion, prior_samples=0)
+        agent.reset(obs)
+        return agent._score(*agent.context.tensors(model.device), plans)
+
+    free, plain, halved = score(0.0), score(1.0), score(1.0, MotionStats({"toy-reach": 2.0}))
+    im = model.imagine(torch.as_tensor(obs)[None], plans, task="toy-reach")
+    torch.testing.assert_close(free - plain, round_trip_residual(model, im.latents).sum(-1))
+    torch.testing.assert_close(free - halved, (free - plain) / 2)
+    with pytest.raises(ValueError, match="seeds >= 2"):
+        MPCAgent(model, MPC(CEM(2, horizon=4)), "toy-reach", penalty="u_s", lam=1.0)
