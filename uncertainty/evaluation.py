@@ -20,7 +20,7 @@ import torch
 from envs import task_spec
 from replay import EpisodeInfo, EpisodeStore
 from uncertainty.baselines import KNNDistance, ensemble_disagreement
-from uncertainty.metrics import auroc, lpips, mse, spearman, ssim
+from uncertainty.metrics import auroc, lpips, mse, shuffled_errors, spearman, ssim
 from uncertainty.predictors import MotionStats, RunningMotion, hallucination_signals
 from uncertainty.retracing import retracing_uncertainty
 from world_models.base import WorldModel, psnr_from_mse
@@ -56,7 +56,7 @@ def window_signals(model: WorldModel, store: EpisodeStore, episodes: list[Episod
         perceptual = lpips(imagined, real)
         row["perceptual_error"] = (perceptual if perceptual is not None else 1 - ssim(imagined, real)).mean(1)
         row["perceptual_metric"] = torch.full_like(row["rollout_psnr"], float(perceptual is not None))
-        row["shuffle_ratio"] = _shuffle_ratio(model, b, t, gen_seed=seed + start)
+        row["shuffle_ratio"] = _shuffle_ratio(model, b, t, seed=seed + start)
         if knn is not None:
             row["knn"] = knn(im.latents).mean(1).to(model.device)
         if len(ensemble):
@@ -70,15 +70,13 @@ def window_signals(model: WorldModel, store: EpisodeStore, episodes: list[Episod
     return {k: torch.cat(v).numpy() for k, v in cols.items()}
 
 
-def _shuffle_ratio(model: WorldModel, b: dict, t: int, gen_seed: int) -> torch.Tensor:
-    """Per-window one-step prediction error (o_t -> o_{t+1}) with actions shuffled across the
-    batch over the error with the recorded actions, same noise."""
+def _shuffle_ratio(model: WorldModel, b: dict, t: int, seed: int) -> torch.Tensor:
+    """Per-window one-step (o_t -> o_{t+1}) prediction error with each window's action taken
+    from its neighbour over the error with the recorded action."""
     pair = {"frames": b["frames"][:, t: t + 2], "actions": b["actions"][:, t: t + 1],
             "action_mask": b["action_mask"], "task_id": b["task_id"], "rewards": b["rewards"][:, t: t + 1]}
-    true = model.prediction_error(pair, torch.Generator(device=model.device).manual_seed(gen_seed))
-    perm = torch.roll(torch.arange(len(pair["actions"])), 1)
-    shuffled = dict(pair, actions=pair["actions"][perm])
-    return model.prediction_error(shuffled, torch.Generator(device=model.device).manual_seed(gen_seed)) / true.clamp(min=1e-12)
+    true, shuffled = shuffled_errors(model, pair, torch.roll(torch.arange(len(pair["actions"])), 1), seed)
+    return shuffled / true.clamp(min=1e-12)
 
 
 STATIC_PSNR = 99.0  # repeat-frame PSNR at (or near) the 100 dB cap: nothing in the window moved

@@ -72,10 +72,18 @@ def rollout_psnr_gain(model: WorldModel, batch: dict, context: int = 1,
 def action_shuffle_ratio(model: WorldModel, batch: dict, seed: int = 0) -> float:
     """Prediction error with actions shuffled across the batch over the error with the true
     actions (same noise). About 1: the model ignores actions; higher: it uses them."""
-    true = model.prediction_error(batch, torch.Generator().manual_seed(seed)).mean()
     perm = torch.randperm(len(batch["actions"]), generator=torch.Generator().manual_seed(seed + 1))
-    shuffled = dict(batch, actions=batch["actions"][perm])
-    return (model.prediction_error(shuffled, torch.Generator().manual_seed(seed)).mean() / true).item()
+    true, shuffled = shuffled_errors(model, batch, perm, seed)
+    return (shuffled.mean() / true.mean()).item()
+
+
+@torch.no_grad()
+def shuffled_errors(model: WorldModel, batch: dict, perm: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-sequence prediction error `[B]` with the recorded actions and with the actions
+    reordered by `perm`, both under the same noise (generator seeded with `seed`)."""
+    gen = lambda: torch.Generator().manual_seed(seed)  # prediction_error draws on the CPU
+    true = model.prediction_error(batch, gen())
+    return true, model.prediction_error(dict(batch, actions=batch["actions"][perm]), gen())
 
 
 def _ranks(x: Tensor) -> Tensor:

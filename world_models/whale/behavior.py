@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from world_models.base import previous_actions
 from world_models.blocks import RMSNorm, SpaceTimeStack, patchify
 from world_models.whale.config import WhaleConfig
 
@@ -110,9 +111,7 @@ class BehaviorModel(nn.Module):
         taken = F.pad(actions, (0, 0, 0, 1))          # the action taken at each frame (none at the last)
         mask_taken = mask.clone()
         mask_taken[:, -1] = False
-        prev = F.pad(actions, (0, 0, 1, 0))           # the action that led to each frame
-        mask_prev = mask.clone()
-        mask_prev[:, 0] = False
+        prev, mask_prev = previous_actions(actions, action_mask, L)  # the action that led to each frame
         q = categorical_probs(self.posterior_logits(frames, taken, mask_taken))          # [B, C, K]
         sample = F.one_hot(torch.multinomial(rearrange(q, "b c k -> (b c) k"), 1)[:, 0], q.shape[-1])
         sample = rearrange(sample, "(b c) k -> b c k", b=B).to(q.dtype)
