@@ -1,0 +1,85 @@
+"""Planner speed: milliseconds per planning decision at the default planner settings.
+
+    python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 6]
+                                       [--checkpoint runs/train/dreamer4-small/cup-catch/0/checkpoint]
+
+A planning decision is one CEM solve inside `MPCAgent.act` (every `replan_every` agent
+steps); the steps in between pop queued actions and are timed too. Both are measured side
+by side in one run for the `small` Dreamer-4 model (a trained checkpoint when given, else
+a freshly initialised one: the cost does not depend on the weights) and for the oracle
+(the true simulator replaying every candidate). Settings come from
+`experiments/configs/mpc.yaml`, so the figures are those of the default main job.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from mpc import make_mpc_agent  # noqa: E402
+
+import envs  # noqa: E402
+import world_models  # noqa: E402
+from world_models.oracle import Oracle  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml"
+
+
+def time_agent(agent, env, steps: int, seed: int) -> tuple[list[float], list[float]]:
+    """Seconds of each planning `act()` and of each queued one, over `steps` env steps."""
+    obs, _ = env.reset(seed=seed)
+    agent.reset(obs)
+    plan, queued = [], []
+    for _ in range(steps):
+        plans = agent.mpc.needs_plan
+        t0 = time.perf_counter()
+        action = agent.act()
+        (plan if plans else queued).append(time.perf_counter() - t0)
+        obs, *_ = env.step(action)
+        agent.observe(action, obs)
+    return plan, queued
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="cup-catch")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decisions", type=int, default=6, help="planning decisions timed per model")
+    p.add_argument("--checkpoint", default=None, help="a trained small Dreamer-4 (default: fresh weights)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": args.task})
+    spec = envs.task_spec(args.task)
+    if args.checkpoint:
+        model = world_models.load(args.checkpoint)
+    else:
+        model = world_models.make("dreamer4", "small", tasks=[args.task])
+    model.eval()
+    pl = cfg.planner
+    print(f"{args.task}, {args.threads} threads; planner: population {pl.population}, elites {pl.elites}, "
+          f"{pl.iterations} iterations, horizon {pl.horizon}, replan every {pl.replan_every}; "
+          f"BC prior samples {cfg.agent.prior_samples}, context {cfg.agent.context}")
+    steps = args.decisions * pl.replan_every
+    rows = []
+    env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
+    agent = make_mpc_agent(cfg, model, spec.action_dim, seed=0)
+    rows.append((f"dreamer4/small{' (trained)' if args.checkpoint else ''}", *time_agent(agent, env, steps, 0)))
+    oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior_samples": 0, "context": 1}})
+    env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
+    agent = make_mpc_agent(oracle_cfg, Oracle(env), spec.action_dim, seed=0)
+    rows.append(("oracle", *time_agent(agent, env, steps, 0)))
+    print(f"{'model':<26}{'ms / decision':>15}{'± std':>8}{'ms / queued step':>18}{'ms / agent step':>17}")
+    for name, plan, queued in rows:
+        per_step = 1e3 * (sum(plan) + sum(queued)) / (len(plan) + len(queued))
+        print(f"{name:<26}{1e3 * np.mean(plan):>15.0f}{1e3 * np.std(plan):>8.0f}"
+              f"{1e3 * np.mean(queued):>18.1f}{per_step:>17.0f}")
+    ratio = np.mean(rows[0][1]) / np.mean(rows[1][1])
+    print(f"dreamer4 / oracle time per decision: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
