@@ -52,6 +52,20 @@ def test_agent_tokens_are_read_by_nothing_else(model):
     assert (out[:, :, agent] - out2[:, :, agent]).abs().max() > 1e-3
 
 
+def test_two_stream_rows_see_the_sampling_past(model):
+    # a noisy frame of a two-stream training row must get exactly the prediction it gets
+    # when sampled after its (clean, context_tau=1 in tiny) past, and nothing from later frames
+    z, tau, step, act, mask, task = tokens(model)
+    x = torch.randn_like(z)
+    two = model._two_stream_predict(x, z, tau, step, act, mask, task)
+    dyn = model.dynamics
+    for t in (0, 2, T - 1):
+        past = model._commit_tokens(x[:, :t], act[:, :t], mask[:, :t], task, None) if t else None
+        now = dyn.tokens(z[:, t:t + 1], tau[:, t:t + 1], step[:, t:t + 1], act[:, t:t + 1], mask[:, t:t + 1], task)
+        seq = now if past is None else torch.cat([past, now], 1)
+        torch.testing.assert_close(two[:, t], dyn.predict_clean(dyn(seq)[0])[:, -1])
+
+
 def test_tokenizer_masks_hold(model):
     tok = model.tokenizer
     assert encoder_mask(2, 3)[2:, :2].any().item() is False and encoder_mask(2, 3)[:2].all()

@@ -40,24 +40,23 @@ def trained(tmp_path_factory):
     untrained = world_model_quality(model.eval(), held)
     cfg = model.cfg
     train(model, stores["train"], stores["train"].episodes(), root / "run", TrainConfig(
-        steps={"tokenizer": 1200, "dynamics": 700}, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr,
-        progress=False))
+        steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr, progress=False))
     yield model, held, untrained, stores
     torch.set_num_threads(before)
 
 
 def test_tiny_model_learns_toy_reach(trained):
-    # The targets are a positive 8-step rollout PSNR gain and an action-shuffle
-    # ratio above 1.2. The ratio is met (measured 1.54 on left-half data, 1.40 on the whole
-    # arena); the gain is not yet (-0.18 dB left half, -1.3 dB whole arena; -8.4 untrained):
-    # this pins what the model reaches and fails on a regression below it.
+    # The targets: the 8-step open-loop rollout beats repeat-last-frame (PSNR gain
+    # > 0) and the action-shuffle ratio is above 1.2. The gain is positive but small and
+    # seed-dependent: +0.05 dB in this fixture when written, +0.46 / +0.35 dB for two
+    # seeds of the dynamics on a fixed tokenizer (-8 untrained). The bound guards that level.
     model, held, untrained, _ = trained
     recon, gain, ratio = world_model_quality(model, held)
     print(f"trained: recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
           f"untrained: {untrained[0]:.2f} dB, {untrained[1]:.2f} dB, {untrained[2]:.3f}")
-    assert recon > 25.0 and recon > untrained[0] + 8  # frames are reconstructed, not averaged
-    assert gain > untrained[1] + 4.0 and gain > -3.0  # rollouts follow the scene
-    assert ratio > 1.2 > untrained[2] + 0.1           # and the actions
+    assert recon > 30.0 and recon > untrained[0] + 8  # frames are reconstructed, not averaged
+    assert gain > -0.3 and gain > untrained[1] + 6     # rollouts about as good as repeating, or better
+    assert ratio > 1.2 > untrained[2] + 0.1            # and follow the actions
 
 
 def test_world_model_mpc_beats_random_on_toy_reach(trained):

@@ -146,16 +146,19 @@ class SpaceTimeLayer(nn.Module):
         self.mlp_norm, self.mlp = RMSNorm(dim), SwiGLU(dim, mlp_ratio)
 
     def forward(self, x: Tensor, t_pos: Tensor, space_mask: Tensor | None = None,
-                past: KV | None = None) -> tuple[Tensor, KV]:
+                past: KV | None = None, time_mask: Tensor | None = None) -> tuple[Tensor, KV]:
         """x `[B, T, N, C]` at absolute times `t_pos [T]`, after `past` keys/values
-        `[B*N, heads, P, D]` (causal layers only). Returns the new x and this call's keys/values."""
+        `[B*N, heads, P, D]` (causal layers only). `time_mask [T, T]` (True = may attend)
+        replaces the causal mask, for layouts where the sequence is not one time line.
+        Returns the new x and this call's keys/values."""
         B, T, N, _ = x.shape
         xs = rearrange(x, "b t n c -> (b t) n c")
         y, _ = self.space_attn(self.space_norm(xs), torch.arange(N, device=x.device), space_mask)
         x = x + rearrange(y, "(b t) n c -> b t n c", b=B)
         P = 0 if past is None else past[0].shape[2]
-        time_mask = None
-        if self.causal:
+        if time_mask is not None and past is not None:
+            raise ValueError("a custom time mask cannot extend a cached past")
+        if self.causal and time_mask is None:
             time_mask = torch.arange(P + T, device=x.device)[None, :] <= (P + torch.arange(T, device=x.device))[:, None]
         elif past is not None:
             raise ValueError("a non-causal layer cannot extend a cached past")
@@ -176,11 +179,14 @@ class SpaceTimeStack(nn.Module):
         self.layers = nn.ModuleList(SpaceTimeLayer(dim, heads, mlp_ratio, causal) for _ in range(depth))
         self.register_buffer("space_mask", space_mask, persistent=False)
 
-    def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
-        t_pos = torch.arange(t0, t0 + x.shape[1], device=x.device)
+    def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None, *, t_pos: Tensor | None = None,
+                time_mask: Tensor | None = None) -> tuple[Tensor, list[KV]]:
+        """`t_pos [T]` and `time_mask [T, T]` override the times t0.. and the causal mask."""
+        if t_pos is None:
+            t_pos = torch.arange(t0, t0 + x.shape[1], device=x.device)
         new_kv = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, t_pos, self.space_mask, None if cache is None else cache[i])
+            x, kv = layer(x, t_pos, self.space_mask, None if cache is None else cache[i], time_mask)
             new_kv.append(kv)
         return x, new_kv
 

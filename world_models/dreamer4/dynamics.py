@@ -153,10 +153,11 @@ class Dynamics(nn.Module):
         return torch.cat([act[:, :, None], shortcut[:, :, None], spatial,
                           self.register_tokens.expand(B, T, -1, -1), agent.expand(B, T, -1, -1)], dim=2)
 
-    def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
+    def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None, **layout) -> tuple[Tensor, list[KV]]:
         """Run the transformer on tokens `[B, T, N, C]` at times t0..t0+T-1, after the
-        cached past. Returns the output tokens and each layer's new keys/values."""
-        return self.stack(x, t0, cache)
+        cached past (`layout`: `t_pos`, `time_mask` overrides, see `SpaceTimeStack`).
+        Returns the output tokens and each layer's new keys/values."""
+        return self.stack(x, t0, cache, **layout)
 
     def predict_clean(self, h: Tensor) -> Tensor:
         """Output tokens `[B, T, N, C]` -> predicted clean packed latents `[B, T, S, d_s]`."""
@@ -164,6 +165,16 @@ class Dynamics(nn.Module):
 
     def agent_out(self, h: Tensor) -> Tensor:
         return h[:, :, self.layout.agent]
+
+
+def two_stream_mask(T: int, device=None) -> Tensor:
+    """`bool [2T, 2T]` time mask (True = may attend) of the two-stream training layout: T
+    frames at the sampling context level, then noisy copies of the same T frames. Context
+    frame t reads context frames <= t; noisy frame t reads context frames < t and itself,
+    which is exactly the past it has when it is sampled, so every frame is a target."""
+    i = torch.arange(T, device=device)
+    ctx, before, same = i[None] <= i[:, None], i[None] < i[:, None], i[None] == i[:, None]
+    return torch.cat([torch.cat([ctx, torch.zeros_like(ctx)], 1), torch.cat([before, same], 1)], 0)
 
 
 def flow_weight(tau: Tensor) -> Tensor:

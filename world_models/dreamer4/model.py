@@ -14,7 +14,7 @@ from world_models.base import (Imagination, WorldModel, check_actions, check_ima
                                previous_actions, to_float_frames)
 from world_models.dreamer4.config import Dreamer4Config
 from world_models.blocks import KVContext, RunningRMS
-from world_models.dreamer4.dynamics import Dynamics, flow_weight, reward_loss
+from world_models.dreamer4.dynamics import Dynamics, flow_weight, reward_loss, two_stream_mask
 from world_models.dreamer4.tokenizer import Tokenizer
 
 
@@ -121,20 +121,30 @@ class Dreamer4(WorldModel):
             step[:n_boot] = torch.randint(0, e_max, (n_boot, 1), device=x.device).expand(n_boot, T)
         n_levels = 2 ** step  # grid of d = 1 / 2^e: τ in {0, d, ..., 1 - d}
         tau_idx = (torch.rand(B, T, device=x.device) * n_levels).floor().long() * (cfg.k_max // n_levels)
-        # context corruption as at sampling time: in a share of the empirical rows every frame
-        # but the last sits at the context level, so the last is predicted from a usable past
-        n_ctx = round(cfg.context_rows * (B - n_boot))
-        if n_ctx and T > 1:
-            tau_idx[n_boot: n_boot + n_ctx, :-1] = round(cfg.context_tau * cfg.k_max)
         tau = (tau_idx.float() / cfg.k_max)[..., None, None]
         noise = torch.randn_like(x)
         z = (1 - tau) * noise + tau * x
-        x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, task))[0])
+        # the last `context_rows` share of the empirical rows use the two-stream layout (each
+        # frame predicted from a past at the sampling context level); the others noise every
+        # frame independently
+        split = B - (round(cfg.context_rows * (B - n_boot)) if T > 1 else 0)
+        parts = [dyn.predict_clean(dyn(dyn.tokens(z[:split], tau_idx[:split], step[:split], prev[:split],
+                                                  prev_mask[:split], task[:split]))[0])] if split else []
+        if split < B:
+            rows = slice(split, B)
+            parts.append(self._two_stream_predict(x[rows], z[rows], tau_idx[rows], step[rows], prev[rows],
+                                                  prev_mask[rows], task[rows]))
+        x_hat = torch.cat(parts)
         w = flow_weight(tau)
-        emp = (w * (x_hat - x).pow(2))[n_boot:].mean()
+        # the first frame of a two-stream row has no past: imagination never samples one
+        target = torch.ones(B, T, 1, 1, device=x.device)
+        target[split:, 0] = 0 if T > 1 else 1
+        sq = (x_hat - x).pow(2)
+        mean = lambda v: v[n_boot:].sum() / (target[n_boot:].sum() * sq[0, 0].numel())  # noqa: E731
+        emp = mean(w * target * sq)
         # each branch is normalised by its own running RMS, then weighted by its share of rows
         loss = (1 - n_boot / B) * self.dyn_rms["flow"](emp)
-        metrics = {"dyn/flow_mse": (x_hat - x)[n_boot:].pow(2).mean().item()}
+        metrics = {"dyn/flow_mse": mean(target * sq).item()}
         if n_boot:
             sl = slice(0, n_boot)
             target_v = self._bootstrap_velocity(z[sl], tau_idx[sl], step[sl], prev[sl], prev_mask[sl], task[sl])
@@ -143,6 +153,16 @@ class Dreamer4(WorldModel):
             loss = loss + n_boot / B * self.dyn_rms["bootstrap"](boot)
             metrics["dyn/bootstrap"] = boot.item()
         return loss, metrics
+
+    def _two_stream_predict(self, x, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
+        """x-predictions `[B, T, S, ds]` for noisy frames `z` at `tau_idx`, each reading the
+        clean frames `x` before it corrupted to the context level (`two_stream_mask`)."""
+        dyn, T = self.dynamics, x.shape[1]
+        tokens = torch.cat([self._commit_tokens(x, prev, prev_mask, task, None),
+                            dyn.tokens(z, tau_idx, step, prev, prev_mask, task)], 1)
+        t_pos = torch.arange(T, device=x.device).repeat(2)
+        h = dyn(tokens, t_pos=t_pos, time_mask=two_stream_mask(T, x.device))[0]
+        return dyn.predict_clean(h[:, T:])
 
     @torch.no_grad()
     def _bootstrap_velocity(self, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
