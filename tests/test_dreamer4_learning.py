@@ -73,10 +73,10 @@ def test_world_model_mpc_beats_random_on_toy_reach(trained):
 
 
 def test_round_trip_residual_flags_the_uncovered_half(trained):
-    # Measured when written: u_r/m 2.54x as high on the uncovered half, Spearman ρ = -0.80
-    # against rollout PSNR; the kNN baseline 1.54x, ρ = -0.72. This tiny model's flow
-    # instability u_f/m (0.81x, ρ = -0.23), inter-seed variance u_s/m (0.58x, ρ = -0.18) and
-    # retracing (0.70x, ρ = -0.21) do not track coverage: printed, not asserted.
+    # Measured when written: u_r/m 2.88x as high on the uncovered half, Spearman ρ = -0.83
+    # against rollout PSNR; the kNN baseline 1.51x, ρ = -0.63. This tiny model's flow
+    # instability u_f/m (0.83x, ρ = -0.20), inter-seed variance u_s/m (0.83x, ρ = -0.21) and
+    # retracing (0.82x, ρ = -0.22) do not track coverage: printed, not asserted.
     model, *_, stores = trained
     motion = MotionStats.fit(stores["train"], model, windows=128)
     knn = KNNDistance.fit(stores["train"], model, stores["train"].episodes(), size=2048)
