@@ -136,9 +136,8 @@ class Dreamer4(WorldModel):
                                                   prev_mask[rows], task[rows]))
         x_hat = torch.cat(parts)
         w = flow_weight(tau)
-        # the first frame of a two-stream row has no past: imagination never samples one
         target = torch.ones(B, T, 1, 1, device=x.device)
-        target[split:, 0] = 0 if T > 1 else 1
+        target[split:, 0] = 0  # the first frame of a two-stream row has no past: not a target
         sq = (x_hat - x).pow(2)
         mean = lambda v: v[n_boot:].sum() / (target[n_boot:].sum() * sq[0, 0].numel())  # noqa: E731
         emp = mean(w * target * sq)
@@ -155,14 +154,15 @@ class Dreamer4(WorldModel):
         return loss, metrics
 
     def _two_stream_predict(self, x, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
-        """x-predictions `[B, T, S, ds]` for noisy frames `z` at `tau_idx`, each reading the
-        clean frames `x` before it corrupted to the context level (`two_stream_mask`)."""
+        """x-predictions `[B, T, S, ds]` for the noisy frames `z` at `tau_idx`, frame t
+        reading the clean frames `x` before it, corrupted to the context level
+        (`two_stream_mask`). Frame 0 has no past and is returned as `x` itself."""
         dyn, T = self.dynamics, x.shape[1]
-        tokens = torch.cat([self._commit_tokens(x, prev, prev_mask, task, None),
-                            dyn.tokens(z, tau_idx, step, prev, prev_mask, task)], 1)
-        t_pos = torch.arange(T, device=x.device).repeat(2)
+        tokens = torch.cat([self._commit_tokens(x[:, :-1], prev[:, :-1], prev_mask[:, :-1], task, None),
+                            dyn.tokens(z[:, 1:], tau_idx[:, 1:], step[:, 1:], prev[:, 1:], prev_mask[:, 1:], task)], 1)
+        t_pos = torch.cat([torch.arange(T - 1, device=x.device), torch.arange(1, T, device=x.device)])
         h = dyn(tokens, t_pos=t_pos, time_mask=two_stream_mask(T, x.device))[0]
-        return dyn.predict_clean(h[:, T:])
+        return torch.cat([x[:, :1], dyn.predict_clean(h[:, T - 1:])], 1)
 
     @torch.no_grad()
     def _bootstrap_velocity(self, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
