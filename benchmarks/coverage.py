@@ -6,7 +6,7 @@ halves: the mean on the uncovered (right) half over the covered one, Spearman ρ
 rollout PSNR, and the AUROCs of `uncertainty.evaluation.score_signals`.
 
     python benchmarks/coverage.py --model dreamer4          # ~2 min on 2 cores
-    python benchmarks/coverage.py --model whale --ensemble 2  # + 2 more models: ~12 min
+    python benchmarks/coverage.py --model whale --ensemble 2  # + 2 more dynamics on its tokenizer
 """
 import argparse
 import tempfile
@@ -20,27 +20,30 @@ import world_models
 from replay import EpisodeStore, collect
 from uncertainty import KNNDistance, MotionStats
 from uncertainty.evaluation import score_signals, window_signals
-from world_models.training import TrainConfig, train
+from world_models.training import TrainConfig, train, train_member
 
 LEFT = dict(start_box=((-0.8, -0.8), (-0.1, 0.8)), goal_box=((-0.8, -0.8), (-0.1, 0.8)))
 RIGHT = dict(start_box=((0.1, -0.8), (0.8, 0.8)), goal_box=((0.1, -0.8), (0.8, 0.8)))
 
 
-def trained_model(name: str, store: EpisodeStore, out: Path, seed: int):
-    torch.manual_seed(seed)
+def trained_models(name: str, store: EpisodeStore, root: Path, members: int) -> list:
+    """The tiny model and `members` more dynamics trained on its tokenizer."""
+    torch.manual_seed(0)
     model = world_models.make(name, "tiny")
     cfg = model.cfg
-    train(model, store, store.episodes(), out, TrainConfig(
-        steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        seed=seed, progress=False))
-    return model
+    tc = TrainConfig(steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, progress=False)
+    train(model, store, store.episodes(), root / "run", tc)
+    return [model] + [train_member(model, k, store, store.episodes(), root / f"member{k}", tc)
+                      for k in range(1, members + 1)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="dreamer4", choices=world_models.MODELS)
     parser.add_argument("--episodes", type=int, default=300, help="left-half training episodes")
-    parser.add_argument("--ensemble", type=int, default=0, help="extra independently trained models")
+    parser.add_argument("--ensemble", type=int, default=0,
+                        help="extra dynamics trained on the same tokenizer: the ensemble baseline")
     parser.add_argument("--windows", type=int, default=128, help="held-out windows per half")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -51,7 +54,7 @@ def main() -> None:
     collect("toy-reach", "mixed", stores["left"].root, 30, size=16, seed=7, progress=False, **LEFT)
     collect("toy-reach", "mixed", stores["right"].root, 30, size=16, seed=8, progress=False, **RIGHT)
     t0 = time.perf_counter()
-    models = [trained_model(args.model, stores["train"], root / f"run-{s}", s) for s in range(1 + args.ensemble)]
+    models = trained_models(args.model, stores["train"], root, args.ensemble)
     minutes = (time.perf_counter() - t0) / 60
     model = models[0]
     motion = MotionStats.fit(stores["train"], model, windows=128)
@@ -60,7 +63,7 @@ def main() -> None:
                                    motion=motion, knn=knn, ensemble=models[1:], seed=1) for half in ("left", "right")}
     left, right = halves["left"], halves["right"]
     both = {k: np.concatenate([left[k], right[k]]) for k in left}
-    print(f"{args.model}/tiny on {args.episodes} left-half episodes ({len(models)} model(s), {minutes:.1f} min); "
+    print(f"{args.model}/tiny on {args.episodes} left-half episodes ({len(models)} dynamics, {minutes:.1f} min of training); "
           f"rollout PSNR {left['rollout_psnr'].mean():.2f} dB covered, {right['rollout_psnr'].mean():.2f} dB uncovered")
     header = ("right/left", "rho_psnr", "auroc_ignored", "auroc_divergent", "rho_perceptual")
     print(f"{'signal':<14}" + "".join(f"{h:>16}" for h in header))

@@ -27,6 +27,7 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
 @pytest.mark.parametrize("script, override, word", [
     ("hallucination.py", "checkpoint=/nonexistent", "checkpoint"),
     ("train.py", "world_model=whale2", "whale2"),
+    ("train.py", "ensemble=-1", "ensemble"),
 ])
 def test_other_entry_points_reject_bad_values_in_one_line(script, override, word, tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), override, f"store={tmp_path / 'data'}"],

@@ -6,7 +6,7 @@ import torch
 import world_models
 from replay import EpisodeStore, collect
 from world_models.checkpoint import find_checkpoint, load_trainer_state
-from world_models.training import TrainConfig, split_episodes, train
+from world_models.training import TrainConfig, split_episodes, train, train_member
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,24 @@ def test_training_resumes_after_a_kill(toy_store, tmp_path, monkeypatch):
     assert final["phase"] == 2
     torch.testing.assert_close(dict(resumed.state_dict())["dynamics.out.weight"],
                                dict(world_models.load(tmp_path / "checkpoint").state_dict())["dynamics.out.weight"])
+
+
+@pytest.mark.parametrize("name", ["dreamer4", "whale"])
+def test_ensemble_members_share_all_but_the_last_phase(toy_store, tmp_path, name):
+    torch.manual_seed(0)
+    base = world_models.make(name, "tiny")
+    eps, _ = split_episodes(toy_store, ["toy-reach"], holdout=0.0)
+    cfg = TrainConfig(steps={p: 2 for p in base.phases}, batch=4, seq_len=4, progress=False)
+    train(base, toy_store, eps, tmp_path / "base", cfg)
+    members = [train_member(base, k, toy_store, eps, tmp_path / f"member{k}", cfg) for k in (1, 2)]
+    last = base.phases[-1]
+    for m in members:
+        assert m.cfg == base.cfg and m.tasks == base.tasks
+        for phase in base.phases:
+            same = all(torch.equal(a, b) for a, b in zip(base.phase_parameters(phase), m.phase_parameters(phase)))
+            assert same == (phase != last), phase  # earlier phases shared and left frozen
+        saved = world_models.load(find_checkpoint(tmp_path / f"member{members.index(m) + 1}" / "checkpoint"))
+        assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), m.parameters()))
+    differ = [not torch.equal(a, b) for a, b in zip(*(m.phase_parameters(last) for m in members))]
+    assert any(differ)  # the members' dynamics differ from each other
+    assert load_trainer_state(find_checkpoint(tmp_path / "member1" / "checkpoint"))["phase"] == len(base.phases)

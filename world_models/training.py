@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +130,32 @@ def image_grid(model: WorldModel, batch: dict, phase: str, n: int = 4) -> torch.
     model.train(was_training)
     real = frames.float() / 255
     return rearrange(torch.cat([real, fake.cpu().float()], 0), "r t c h w -> c (r h) (t w)").clamp(0, 1)
+
+
+def ensemble_member(base: WorldModel, seed: int) -> WorldModel:
+    """A new member of an ensemble around a trained `base`: the same config, the modules
+    of every phase but the last (the tokenizer, WHALE's behaviour model) copied from
+    `base`, and the last phase (the dynamics, with its loss normalisers and step count)
+    freshly initialised from `seed`. Train it with `train_member`."""
+    torch.manual_seed(seed)
+    member = type(base)(base.cfg, tasks=base.tasks).to(base.device)
+    last = {id(p) for p in member.phase_parameters(member.phases[-1])}
+    shared = {name for name, child in member.named_children()
+              if any(True for _ in child.parameters()) and not any(id(p) in last for p in child.parameters())}
+    missing, unexpected = member.load_state_dict(
+        {k: v for k, v in base.state_dict().items() if k.split(".")[0] in shared}, strict=False)
+    assert not unexpected, unexpected
+    return member
+
+
+def train_member(base: WorldModel, seed: int, store: EpisodeStore, episodes: list[EpisodeInfo],
+                 out_dir: str | Path, cfg: TrainConfig) -> WorldModel:
+    """Train (or resume) the ensemble member `seed` of `base` in `out_dir`: only the last
+    phase runs, on the shared earlier phases, with its data order also drawn from `seed`.
+    Returns the trained member."""
+    ckpt = Path(out_dir) / "checkpoint"
+    member = ensemble_member(base, seed)
+    if find_checkpoint(ckpt) is None:
+        save_checkpoint(ckpt, member, {"phase": len(member.phases) - 1, "step": 0})
+    train(member, store, episodes, out_dir, replace(cfg, seed=seed))
+    return member
