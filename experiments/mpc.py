@@ -35,7 +35,7 @@ from world_models.oracle import Oracle
 
 HERE = Path(__file__).parent
 # measured on the 2-core CPU this project is developed on (see the issue notes)
-MINUTES = {"expert": 17, "collect_per_episode": 0.27, "train": {"tiny": 3, "small": 30, "paper": 10_000}}
+MINUTES = {"expert": 17, "collect_per_episode": 0.27, "train": {"tiny": 3, "small": 11, "paper": 10_000}}
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed")
 
 
