@@ -82,12 +82,12 @@ def test_ensemble_members_share_all_but_the_last_phase(toy_store, tmp_path, name
     train(base, toy_store, eps, tmp_path / "base", cfg)
     members = [train_member(base, k, toy_store, eps, tmp_path / f"member{k}", cfg) for k in (1, 2)]
     last = base.phases[-1]
-    for m in members:
+    for k, m in enumerate(members, 1):
         assert m.cfg == base.cfg and m.tasks == base.tasks
         for phase in base.phases:
             same = all(torch.equal(a, b) for a, b in zip(base.phase_parameters(phase), m.phase_parameters(phase)))
             assert same == (phase != last), phase  # earlier phases shared and left frozen
-        saved = world_models.load(find_checkpoint(tmp_path / f"member{members.index(m) + 1}" / "checkpoint"))
+        saved = world_models.load(find_checkpoint(tmp_path / f"member{k}" / "checkpoint"))
         assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), m.parameters()))
     differ = [not torch.equal(a, b) for a, b in zip(*(m.phase_parameters(last) for m in members))]
     assert any(differ)  # the members' dynamics differ from each other

@@ -140,11 +140,9 @@ def ensemble_member(base: WorldModel, seed: int) -> WorldModel:
     torch.manual_seed(seed)
     member = type(base)(base.cfg, tasks=base.tasks).to(base.device)
     last = {id(p) for p in member.phase_parameters(member.phases[-1])}
-    shared = {name for name, child in member.named_children()
-              if any(True for _ in child.parameters()) and not any(id(p) in last for p in child.parameters())}
-    missing, unexpected = member.load_state_dict(
-        {k: v for k, v in base.state_dict().items() if k.split(".")[0] in shared}, strict=False)
-    assert not unexpected, unexpected
+    owned = {name: [id(p) for p in child.parameters()] for name, child in member.named_children()}
+    shared = {name for name, ids in owned.items() if ids and last.isdisjoint(ids)}
+    member.load_state_dict({k: v for k, v in base.state_dict().items() if k.split(".")[0] in shared}, strict=False)
     return member
 
 
