@@ -113,6 +113,7 @@ def main(cfg: DictConfig) -> None:
     print(f"{'signal':<18}" + "".join(f"{c:>24}" for c in COLUMNS))
     for name, s in scores.items():
         print(f"{name:<18}" + "".join(f"{s[c]:>24.3f}" for c in COLUMNS))
+    print("true_motion is a reference, not a predictor: the latent motion of the real future frames")
     print(f"wrote {out / 'scores.csv'}, {out / 'windows.csv'}, {out / 'scatter_vs_psnr.png'}, {out / 'auroc.png'}")
 
 

@@ -54,15 +54,17 @@ def test_agent_tokens_are_read_by_nothing_else(model):
 
 def test_two_stream_rows_see_the_sampling_past(model):
     # a noisy frame of a two-stream training row must get exactly the prediction it gets
-    # when sampled after its (clean, context_tau=1 in tiny) past, and nothing from later frames
+    # when sampled after its (clean, context_tau=1 in tiny) past, and nothing from later
+    # frames; the context stream the heads train on must be the plain pass over the past
     z, tau, step, act, mask, task = tokens(model)
     x = torch.randn_like(z)
-    two = model._two_stream_predict(x, z, tau, step, act, mask, task)
+    two, h_context = model._two_stream_predict(x, z, tau, step, act, mask, task)
     dyn = model.dynamics
+    past = model._commit_tokens(x, act, mask, task, None)
+    torch.testing.assert_close(h_context, dyn(past)[0])
     for t in (1, 2, T - 1):
-        past = model._commit_tokens(x[:, :t], act[:, :t], mask[:, :t], task, None)
         now = dyn.tokens(z[:, t:t + 1], tau[:, t:t + 1], step[:, t:t + 1], act[:, t:t + 1], mask[:, t:t + 1], task)
-        torch.testing.assert_close(two[:, t], dyn.predict_clean(dyn(torch.cat([past, now], 1))[0])[:, -1])
+        torch.testing.assert_close(two[:, t], dyn.predict_clean(dyn(torch.cat([past[:, :t], now], 1))[0])[:, -1])
 
 
 def test_tokenizer_masks_hold(model):

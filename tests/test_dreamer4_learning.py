@@ -1,12 +1,14 @@
 """Does the tiny Dreamer-4 model learn toy-reach in about two CPU minutes, can MPC plan
 with it, and do the hallucination predictors flag where it was not trained?
 
-One module-scoped run trains the `tiny` preset (tokenizer, then dynamics) on toy-reach
-episodes that stay in the left half of the arena. The tests evaluate it on held-out
-left-half windows against the untrained model and the repeat-last-frame baseline, plan
-with it in the left half, and compare the predictors on held-out episodes of both halves
-(the coverage experiment of the uncertainty issue).
+One module-scoped run trains the `tiny` preset on toy-reach: the tokenizer on episodes
+from both halves of the arena, the dynamics on episodes that stay in the left half. The
+tests evaluate it on held-out left-half windows against the untrained model and the
+repeat-last-frame baseline, plan with it in the left half, and compare the predictors on
+held-out episodes of both halves (the coverage experiment of the uncertainty issue).
 """
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("learning")
     stores = {name: EpisodeStore(root / name) for name in ("train", "left", "right")}
     collect("toy-reach", "mixed", stores["train"].root, 540, size=16, seed=0, progress=False, **LEFT)
+    covered = stores["train"].episodes()  # the dynamics' data; the tokenizer also sees the right half
+    collect("toy-reach", "mixed", stores["train"].root, 540, size=16, seed=1, progress=False, **RIGHT)
     collect("toy-reach", "mixed", stores["left"].root, 40, size=16, seed=7, progress=False, **LEFT)
     collect("toy-reach", "mixed", stores["right"].root, 40, size=16, seed=8, progress=False, **RIGHT)
     held = stores["left"].sample(64, 9, rng=np.random.default_rng(1))
@@ -39,9 +43,11 @@ def trained(tmp_path_factory):
     model = world_models.make("dreamer4", "tiny")
     untrained = world_model_quality(model.eval(), held)
     cfg = model.cfg
-    train(model, stores["train"], stores["train"].episodes(), root / "run", TrainConfig(
-        steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr, progress=False))
-    yield model, held, untrained, stores
+    metrics = train(model, stores["train"], {"tokenizer": stores["train"].episodes(), "dynamics": covered},
+                    root / "run", TrainConfig(steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len,
+                                              lr=cfg.lr, progress=False))
+    seconds = {phase: metrics[f"{phase}/seconds"] for phase in model.phases}
+    yield SimpleNamespace(model=model, held=held, untrained=untrained, stores=stores, covered=covered, seconds=seconds)
     torch.set_num_threads(before)
 
 
@@ -50,9 +56,10 @@ def test_tiny_model_learns_toy_reach(trained):
     # > 0) and the action-shuffle ratio is above 1.2. The gain is positive but small and
     # seed-dependent: +0.04 dB in this fixture when written, +0.46 / +0.35 dB for two
     # seeds of the dynamics on a fixed tokenizer (-8 untrained). The bound guards that level.
-    model, held, untrained, _ = trained
+    model, held, untrained = trained.model, trained.held, trained.untrained
     recon, gain, ratio = world_model_quality(model, held)
-    print(f"trained: recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
+    print(f"trained in {' + '.join(f'{s:.0f} s ({p})' for p, s in trained.seconds.items())}: "
+          f"recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
           f"untrained: {untrained[0]:.2f} dB, {untrained[1]:.2f} dB, {untrained[2]:.3f}")
     assert recon > 30.0 and recon > untrained[0] + 8  # frames are reconstructed, not averaged
     assert gain > -0.3 and gain > untrained[1] + 6     # rollouts about as good as repeating, or better
@@ -62,7 +69,7 @@ def test_tiny_model_learns_toy_reach(trained):
 def test_world_model_mpc_beats_random_on_toy_reach(trained):
     # Weaker than the issue's "clearly": over 4 episodes MPC led random by 3.7 in one CI run
     # (38.1 vs 34.4) and by more in another, so 8 paired episodes and no margin.
-    model = trained[0]
+    model = trained.model
     env = envs.make("toy-reach", size=16, **LEFT)
     cem = CEM(2, horizon=6, population=32, elites=6, iterations=2, init_std=0.5, noise_beta=1.0, seed=0)
     mpc_agent = MPCAgent(model, MPC(cem, replan_every=3), "toy-reach", context=2, prior_samples=4, seed=0)
@@ -73,23 +80,28 @@ def test_world_model_mpc_beats_random_on_toy_reach(trained):
     assert np.mean(mpc) > np.mean(rand), (mpc, rand)
 
 
-def test_round_trip_residual_flags_the_uncovered_half(trained):
-    # Measured when written: u_r/m 3.22x as high on the uncovered half, Spearman ρ = -0.74
-    # against rollout PSNR; the kNN baseline 1.32x, ρ = -0.53. This tiny model's flow
-    # instability u_f/m (0.79x, ρ = -0.16), inter-seed variance u_s/m (0.62x, ρ = -0.11) and
-    # retracing (0.62x, ρ = -0.17) do not track coverage: printed, not asserted.
-    model, *_, stores = trained
+def test_predictors_flag_the_uncovered_half(trained):
+    # The tokenizer saw both halves, the dynamics only the left: the gap is in the dynamics,
+    # the stage flow instability and inter-seed variance watch (with a left-only tokenizer
+    # the failure is perceptual and only u_r and kNN see it: benchmarks/coverage.py --gap all).
+    # Measured when written: right/left u_r/m 1.57, u_s/m 1.11, u_f/m 1.00, kNN 1.47,
+    # retracing 1.05; ρ vs rollout PSNR -0.74 to -0.86 for all of them. Within one task
+    # the scene motion drives most of that ρ: the true-motion reference reached -0.91 in
+    # the coverage benchmark, so ρ is asserted for every predictor but is no proof of more.
+    model, stores = trained.model, trained.stores
     motion = MotionStats.fit(stores["train"], model, windows=128)
-    knn = KNNDistance.fit(stores["train"], model, stores["train"].episodes(), size=2048)
+    knn = KNNDistance.fit(stores["train"], model, trained.covered, size=2048)
     halves = {half: window_signals(model, stores[half], stores[half].episodes(), "toy-reach", windows=128,
                                    motion=motion, knn=knn, seed=1) for half in ("left", "right")}
     left, right = halves["left"], halves["right"]
     both = {k: np.concatenate([left[k], right[k]]) for k in left}
+    print(f"rollout PSNR {left['rollout_psnr'].mean():.2f} dB covered, {right['rollout_psnr'].mean():.2f} dB uncovered")
     for name, s in score_signals(both).items():
-        print(f"{name:<10} right/left {right[name].mean() / left[name].mean():5.2f}  "
+        print(f"{name:<12} right/left {right[name].mean() / left[name].mean():5.2f}  "
               + "  ".join(f"{k} {v:6.3f}" for k, v in s.items()))
-    assert right["rollout_psnr"].mean() < left["rollout_psnr"].mean() - 2  # it hallucinates where it never was
+    assert right["rollout_psnr"].mean() < left["rollout_psnr"].mean() - 0.5  # worse where the dynamics never was
     psnr = torch.as_tensor(both["rollout_psnr"])
-    for name, min_ratio in (("u_r/m", 1.5), ("knn", 1.1)):
-        assert right[name].mean() > min_ratio * left[name].mean(), name
+    for name in ("u_r/m", "u_s/m", "u_f/m", "knn", "retracing"):
         assert spearman(torch.as_tensor(both[name]), psnr) <= -0.3, name
+    for name, min_ratio in (("u_r/m", 1.3), ("knn", 1.2), ("u_s/m", 1.0)):
+        assert right[name].mean() > min_ratio * left[name].mean(), name

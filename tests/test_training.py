@@ -41,6 +41,20 @@ def test_short_training_lowers_both_losses(toy_store, tmp_path):
     assert after_dyn < 0.7 * before_dyn
 
 
+def test_each_phase_samples_its_own_episodes(toy_store, tmp_path, monkeypatch):
+    eps = toy_store.episodes()
+    drawn_from, sample = [], toy_store.sample
+    monkeypatch.setattr(toy_store, "sample", lambda *a, episodes, **k: drawn_from.append(episodes) or
+                        sample(*a, episodes=episodes, **k))
+    model = world_models.make("dreamer4", "tiny")
+    cfg = TrainConfig(steps={"tokenizer": 2, "dynamics": 2}, batch=2, seq_len=2, progress=False)
+    train(model, toy_store, {"tokenizer": eps, "dynamics": eps[:3]}, tmp_path, cfg)
+    assert drawn_from == [eps, eps, eps[:3], eps[:3]]
+    for bad in ({"dynamics": eps}, {"tokenizer": eps, "dynamics": []}, []):
+        with pytest.raises(ValueError, match="episodes must be"):
+            train(model, toy_store, bad, tmp_path / "bad", cfg)
+
+
 def test_training_resumes_after_a_kill(toy_store, tmp_path, monkeypatch):
     model = world_models.make("dreamer4", "tiny")
     eps, _ = split_episodes(toy_store, ["toy-reach"], holdout=0.0)

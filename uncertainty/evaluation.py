@@ -4,7 +4,11 @@ A window is `context + horizon` real frames with the recorded actions: the model
 frame `o_t` (and, for retracing, the `context - 1` frames before it) and imagines the
 next `horizon` frames. Per window we record every predictor (averaged over the imagined
 steps), the rollout PSNR and the repeat-last-frame PSNR, the one-step action-shuffle
-ratio and a perceptual error; `score_signals` then gives, per signal, Spearman ρ against
+ratio and a perceptual error. One more column, `true_motion`, is a reference and not a
+predictor: the RMS latent change of the real frames over the horizon, which uses the future
+and so is unavailable at run time. Within one task it is what the per-task motion
+normalisation cannot remove: a predictor that only tracks scene motion scores like it.
+`score_signals` then gives, per signal, Spearman ρ against
 rollout PSNR and against the perceptual error, and AUROC against the two hallucination
 labels of the hallucination paper: *action ignored* (shuffle ratio below a threshold)
 and *scene divergent* (rollout PSNR below the repeat-frame baseline's). The second label
@@ -21,7 +25,7 @@ from envs import task_spec
 from replay import EpisodeInfo, EpisodeStore
 from uncertainty.baselines import KNNDistance, ensemble_disagreement
 from uncertainty.metrics import auroc, lpips, mse, shuffled_errors, spearman, ssim
-from uncertainty.predictors import MotionStats, RunningMotion, hallucination_signals
+from uncertainty.predictors import MotionStats, RunningMotion, hallucination_signals, latent_motion
 from uncertainty.retracing import retracing_uncertainty
 from world_models.base import WorldModel, psnr_from_mse
 
@@ -33,7 +37,7 @@ def window_signals(model: WorldModel, store: EpisodeStore, episodes: list[Episod
                    ensemble: list[WorldModel] = (), retracing_ks: tuple[int, ...] = (1, 2, 3),
                    batch: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """Per-window arrays `[windows]`: signals (`u_r`, `u_s`, `u_f`/`token_entropy`, `<u>/m`,
-    `knn`, `ensemble`, `retracing`) and outcomes (`rollout_psnr`, `repeat_psnr`,
+    `knn`, `ensemble`, `retracing`), the `true_motion` reference and outcomes (`rollout_psnr`, `repeat_psnr`,
     `shuffle_ratio`, `perceptual_error`). `perceptual_error` is LPIPS when available, else
     1 - SSIM (the key `perceptual_metric` says which: 1 = LPIPS, 0 = SSIM)."""
     spec = task_spec(task)
@@ -53,6 +57,7 @@ def window_signals(model: WorldModel, store: EpisodeStore, episodes: list[Episod
         imagined = model.decode(im.latents)
         row["rollout_psnr"] = psnr_from_mse(mse(imagined, real).mean(1))
         row["repeat_psnr"] = psnr_from_mse(mse(frames[:, t: t + 1].expand_as(real), real).mean(1))
+        row["true_motion"] = latent_motion(model.encode(frames[:, t:])).mean(1)
         perceptual = lpips(imagined, real)
         row["perceptual_error"] = (perceptual if perceptual is not None else 1 - ssim(imagined, real)).mean(1)
         row["perceptual_metric"] = torch.full_like(row["rollout_psnr"], float(perceptual is not None))

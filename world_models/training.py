@@ -49,12 +49,18 @@ def split_episodes(store: EpisodeStore, tasks, holdout: float, seed: int = 0) ->
     return [infos[i] for i in sorted(order[n_hold:])], [infos[i] for i in held]
 
 
-def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], out_dir: str | Path,
-          cfg: TrainConfig) -> dict[str, float]:
+def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | dict[str, list[EpisodeInfo]],
+          out_dir: str | Path, cfg: TrainConfig) -> dict[str, float]:
     """Train every phase of `model` in order, resuming from `out_dir/checkpoint` if present.
 
+    `episodes` is one list for every phase, or a list per phase name (for example a
+    tokenizer trained on more of the world than the dynamics).
     Returns the last step's metrics and `<phase>/seconds` of the phases run now. Writes TensorBoard events to `out_dir/tb`.
     """
+    per_phase = episodes if isinstance(episodes, dict) else {phase: episodes for phase in model.phases}
+    if set(per_phase) != set(model.phases) or not all(per_phase.values()):
+        raise ValueError(f"episodes must be one non-empty list or a non-empty list for each of {model.phases}, "
+                         f"got {'phases ' + str(sorted(per_phase)) if isinstance(episodes, dict) else 'an empty list'}")
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
@@ -84,7 +90,7 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], o
                    disable=not cfg.progress)
         t0 = time.perf_counter()
         for step in bar:
-            batch = store.sample(cfg.batch, cfg.seq_len, cfg.weighting, episodes=episodes, rng=rng)
+            batch = store.sample(cfg.batch, cfg.seq_len, cfg.weighting, episodes=per_phase[phase], rng=rng)
             with autocast:
                 loss, metrics = model.loss(batch, phase)
             opt.zero_grad(set_to_none=True)

@@ -37,7 +37,8 @@ class Dreamer4Config:
     self_consistency: float = 0.25       # fraction of rows with the bootstrap target
     bootstrap_start: int = 500           # dynamics step from which bootstrap rows are used
     context_tau: float = 0.875           # noise level of past frames when sampling
-    context_rows: float = 0.5            # share of flow rows in the two-stream layout (sampling-time past)
+    context_rows: float = 0.5            # share of flow rows in the two-stream layout (sampling-time past;
+                                         # the heads train on these rows' context stream)
     # heads
     reward_head: bool = True
     bc_head: bool = True
@@ -57,6 +58,8 @@ class Dreamer4Config:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
         if not 0 <= self.context_rows <= 1:
             raise ValueError(f"context_rows must be in [0, 1], got {self.context_rows}")
+        if self.context_rows == 0 and (self.reward_head or self.bc_head):
+            raise ValueError("the reward and BC heads train on the two-stream rows: context_rows must be > 0")
         if self.mae_loss not in ("masked", "all"):
             raise ValueError(f"mae_loss must be 'masked' or 'all', not {self.mae_loss!r}")
         if self.n_latents % self.pack:

@@ -168,15 +168,15 @@ class Dynamics(nn.Module):
 
 
 def two_stream_mask(T: int, device=None) -> Tensor:
-    """`bool [2T-2, 2T-2]` time mask (True = may attend) of the two-stream training layout
-    of a T-frame row: frames 0..T-2 at the sampling context level, then noisy copies of
+    """`bool [2T-1, 2T-1]` time mask (True = may attend) of the two-stream training layout
+    of a T-frame row: frames 0..T-1 at the sampling context level, then noisy copies of
     frames 1..T-1. Context frame t reads context frames <= t; noisy frame t reads the
     context frames < t and itself — exactly the past it has when it is sampled — so every
-    frame after the first is a target, at 2 token steps per target."""
-    n = T - 1
-    past = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    eye = torch.eye(n, dtype=torch.bool, device=device)
-    return torch.cat([torch.cat([past, torch.zeros_like(past)], 1), torch.cat([past, eye], 1)], 0)
+    frame after the first is a flow target, and the context stream is what the heads read."""
+    ctx = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    noisy_reads_ctx = torch.ones(T - 1, T, dtype=torch.bool, device=device).tril()  # noisy t reads context < t
+    return torch.cat([torch.cat([ctx, torch.zeros(T, T - 1, dtype=torch.bool, device=device)], 1),
+                      torch.cat([noisy_reads_ctx, torch.eye(T - 1, dtype=torch.bool, device=device)], 1)], 0)
 
 
 def flow_weight(tau: Tensor) -> Tensor:

@@ -73,9 +73,11 @@ class Dreamer4(WorldModel):
             x = self.dynamics.pack(latents)  # clean standardised packed latents [B, T, S, ds]
         prev, prev_mask = self._previous_actions(batch)
         task = batch["task_id"].to(self.device)
-        loss, metrics = self._flow_loss(x, prev, prev_mask, task)
+        if x.shape[1] < 2:
+            raise ValueError("the dynamics trains on sequences of at least 2 frames (seq_len >= 2)")
+        loss, metrics, context = self._flow_loss(x, prev, prev_mask, task)
         if self.dynamics.heads is not None:
-            l_heads, m_heads = self._heads_loss(x, prev, prev_mask, task, batch)
+            l_heads, m_heads = self._heads_loss(*context, batch)
             loss, metrics = loss + l_heads, {**metrics, **m_heads}
         if self.training:
             self.dyn_step += 1
@@ -109,9 +111,11 @@ class Dreamer4(WorldModel):
         actions = batch["actions"].to(self.device)
         return previous_actions(actions, batch["action_mask"].to(self.device), actions.shape[1] + 1)
 
-    def _flow_loss(self, x, prev, prev_mask, task) -> tuple[Tensor, dict[str, float]]:
+    def _flow_loss(self, x, prev, prev_mask, task) -> tuple[Tensor, dict[str, float], tuple[Tensor, slice] | None]:
         """Shortcut flow matching: empirical rows at the finest step, bootstrap rows at
-        coarser steps whose target is two half steps of the model itself (stop-gradient)."""
+        coarser steps whose target is two half steps of the model itself (stop-gradient).
+        Also returns the context-stream output tokens `[b, T, N, C]` of the two-stream rows
+        and which rows they are, for the heads (None without two-stream rows)."""
         cfg, dyn = self.cfg, self.dynamics
         B, T = x.shape[:2]
         e_max = int(math.log2(cfg.k_max))
@@ -127,13 +131,18 @@ class Dreamer4(WorldModel):
         # the last `context_rows` share of the empirical rows use the two-stream layout (each
         # frame predicted from a past at the sampling context level); the others noise every
         # frame independently
-        split = B - (round(cfg.context_rows * (B - n_boot)) if T > 1 else 0)
+        n_two = min(B - n_boot, max(round(cfg.context_rows * (B - n_boot)), int(dyn.heads is not None)))
+        if n_two == 0 and dyn.heads is not None:
+            raise ValueError(f"no two-stream rows for the heads in a batch of {B} with {n_boot} bootstrap rows")
+        split, rows = B - n_two, slice(B - n_two, B)
         parts = [dyn.predict_clean(dyn(dyn.tokens(z[:split], tau_idx[:split], step[:split], prev[:split],
                                                   prev_mask[:split], task[:split]))[0])] if split else []
-        if split < B:
-            rows = slice(split, B)
-            parts.append(self._two_stream_predict(x[rows], z[rows], tau_idx[rows], step[rows], prev[rows],
-                                                  prev_mask[rows], task[rows]))
+        context = None
+        if n_two:
+            two, h_context = self._two_stream_predict(x[rows], z[rows], tau_idx[rows], step[rows], prev[rows],
+                                                      prev_mask[rows], task[rows])
+            parts.append(two)
+            context = (h_context, rows)
         x_hat = torch.cat(parts)
         w = flow_weight(tau)
         target = torch.ones(B, T, 1, 1, device=x.device)
@@ -151,18 +160,20 @@ class Dreamer4(WorldModel):
             boot = (w[sl] * (1 - tau[sl]).pow(2) * (v_hat - target_v).pow(2)).mean()
             loss = loss + n_boot / B * self.dyn_rms["bootstrap"](boot)
             metrics["dyn/bootstrap"] = boot.item()
-        return loss, metrics
+        return loss, metrics, context
 
-    def _two_stream_predict(self, x, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
+    def _two_stream_predict(self, x, z, tau_idx, step, prev, prev_mask, task) -> tuple[Tensor, Tensor]:
         """x-predictions `[B, T, S, ds]` for the noisy frames `z` at `tau_idx`, frame t
         reading the clean frames `x` before it, corrupted to the context level
-        (`two_stream_mask`). Frame 0 has no past and is returned as `x` itself."""
+        (`two_stream_mask`); frame 0 has no past and is returned as `x` itself. Also the
+        output tokens `[B, T, N, C]` of the context stream: every frame at the context level,
+        what the heads read during imagination."""
         dyn, T = self.dynamics, x.shape[1]
-        tokens = torch.cat([self._commit_tokens(x[:, :-1], prev[:, :-1], prev_mask[:, :-1], task, None),
+        tokens = torch.cat([self._commit_tokens(x, prev, prev_mask, task, None),
                             dyn.tokens(z[:, 1:], tau_idx[:, 1:], step[:, 1:], prev[:, 1:], prev_mask[:, 1:], task)], 1)
-        t_pos = torch.cat([torch.arange(T - 1, device=x.device), torch.arange(1, T, device=x.device)])
+        t_pos = torch.cat([torch.arange(T, device=x.device), torch.arange(1, T, device=x.device)])
         h = dyn(tokens, t_pos=t_pos, time_mask=two_stream_mask(T, x.device))[0]
-        return torch.cat([x[:, :1], dyn.predict_clean(h[:, T - 1:])], 1)
+        return torch.cat([x[:, :1], dyn.predict_clean(h[:, T:])], 1), h[:, :T]
 
     @torch.no_grad()
     def _bootstrap_velocity(self, z, tau_idx, step, prev, prev_mask, task) -> Tensor:
@@ -178,22 +189,19 @@ class Dreamer4(WorldModel):
         v2 = (x2 - z_mid) / (1 - tau - half)
         return (v1 + v2) / 2
 
-    def _heads_loss(self, x, prev, prev_mask, task, batch) -> tuple[Tensor, dict[str, float]]:
-        """Reward and BC losses on a pass with every frame at the sampling context noise level,
-        i.e. what the heads see during imagination. Gradients reach the dynamics."""
-        dyn, cfg = self.dynamics, self.cfg
-        B, T = x.shape[:2]
-        tau_idx = torch.full((B, T), round(cfg.context_tau * cfg.k_max), device=x.device)
-        step = torch.full((B, T), int(math.log2(cfg.k_max)), device=x.device)
-        z = (1 - cfg.context_tau) * torch.randn_like(x) + cfg.context_tau * x
-        pooled = dyn.heads.pool(dyn.agent_out(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, task))[0]))
-        loss, metrics = x.new_zeros(()), {}
+    def _heads_loss(self, h_context: Tensor, rows: slice, batch) -> tuple[Tensor, dict[str, float]]:
+        """Reward and BC losses on the context-stream tokens `[b, T, N, C]` of the two-stream
+        `rows`: every frame at the sampling context noise level, i.e. what the heads see
+        during imagination. Gradients reach the dynamics."""
+        dyn = self.dynamics
+        pooled = dyn.heads.pool(dyn.agent_out(h_context))
+        loss, metrics = h_context.new_zeros(()), {}
         if dyn.heads.reward is not None:
-            rl = reward_loss(dyn.heads, pooled, batch["rewards"].to(x.device))
+            rl = reward_loss(dyn.heads, pooled, batch["rewards"][rows].to(self.device))
             loss = loss + self.dyn_rms["reward"](rl)
             metrics["dyn/reward_ce"] = rl.item()
         if dyn.heads.policy is not None:
-            bc = (dyn.heads.action(pooled[:, :-1]) - batch["actions"].to(x.device)).pow(2).mean()
+            bc = (dyn.heads.action(pooled[:, :-1]) - batch["actions"][rows].to(self.device)).pow(2).mean()
             loss = loss + self.dyn_rms["bc"](bc)
             metrics["dyn/bc_mse"] = bc.item()
         return loss, metrics
