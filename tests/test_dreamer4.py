@@ -173,3 +173,13 @@ def test_config_rejects_untrained_sampling_steps():
         world_models.make("dreamer4", "tiny", depth=3)
     with pytest.raises(ValueError, match="unknown preset"):
         world_models.make("dreamer4", "huge")
+    with pytest.raises(ValueError, match="context_rows must be > 0"):  # the heads train on those rows
+        world_models.make("dreamer4", "tiny", context_rows=0.0)
+    world_models.make("dreamer4", "tiny", context_rows=0.0, reward_head=False, bc_head=False)
+
+
+def test_dynamics_loss_needs_two_frames(model):
+    batch = {"frames": torch.rand(2, 1, 3, 16, 16), "actions": torch.zeros(2, 0, 16), "rewards": torch.zeros(2, 0),
+             "action_mask": torch.ones(2, 16, dtype=torch.bool), "task_id": torch.zeros(2, dtype=torch.long)}
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        model.loss(batch, "dynamics")

@@ -59,8 +59,7 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
     """
     per_phase = episodes if isinstance(episodes, dict) else {phase: episodes for phase in model.phases}
     if set(per_phase) != set(model.phases) or not all(per_phase.values()):
-        raise ValueError(f"episodes must be one non-empty list or a non-empty list for each of {model.phases}, "
-                         f"got {'phases ' + str(sorted(per_phase)) if isinstance(episodes, dict) else 'an empty list'}")
+        raise ValueError(f"episodes must be one non-empty list, or a non-empty list for each phase of {model.phases}")
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
