@@ -67,7 +67,7 @@ class EpisodeStore:
 
     def load(self, info: EpisodeInfo | str | Path) -> Episode | None:
         """The episode (cached), or None with a warning when its file is damaged."""
-        path = Path(info.path if isinstance(info, EpisodeInfo) else info)
+        path = info.path if isinstance(info, EpisodeInfo) else Path(info)
         if path not in self._loaded:
             try:
                 self._loaded[path] = Episode.load(path)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import world_models
+from world_models.dreamer4.dynamics import flow_weight
 from world_models.dreamer4.tokenizer import decoder_mask, encoder_mask
 
 B, T = 2, 5
@@ -176,6 +177,14 @@ def test_config_rejects_untrained_sampling_steps():
     with pytest.raises(ValueError, match="context_rows must be > 0"):  # the heads train on those rows
         world_models.make("dreamer4", "tiny", context_rows=0.0)
     world_models.make("dreamer4", "tiny", context_rows=0.0, reward_head=False, bc_head=False)
+    with pytest.raises(ValueError, match="flow_weighting"):
+        world_models.make("dreamer4", "tiny", flow_weighting="linear")
+
+
+def test_flow_weights_per_noise_level():
+    tau = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(flow_weight(tau, "ramp"), torch.tensor([0.1, 0.55, 1.0]))  # the paper's
+    torch.testing.assert_close(flow_weight(tau, "uniform"), torch.ones(3))
 
 
 def test_dynamics_loss_needs_two_frames(model):

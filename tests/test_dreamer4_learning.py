@@ -54,17 +54,17 @@ def trained(tmp_path_factory):
 
 
 def test_tiny_model_learns_toy_reach(trained):
-    # The targets: the 8-step open-loop rollout beats repeat-last-frame (PSNR gain
-    # > 0) and the action-shuffle ratio is above 1.2. The gain target is not met: on these
-    # 256 held-out windows two runs of this fixture gave -0.90 and -0.15 dB (-8.6 to -9.1
-    # untrained); the rollouts track repeating the frame. The bound guards that level.
+    # The targets: after under two CPU minutes, the 8-step open-loop rollout beats
+    # repeat-last-frame (PSNR gain > 0) and the action-shuffle ratio is above 1.2. This
+    # fixture (torch seed 0) gave +0.53 dB and 1.71 when written, seeds 1 and 2 +0.46 and
+    # +0.13 dB (1.50, 1.53), in 104-112 s of training; untrained, -8.6 to -9.8 dB and 1.00.
     model, held, untrained = trained.model, trained.held, trained.untrained
     recon, gain, ratio = world_model_quality(model, held)
     print(f"trained in {' + '.join(f'{s:.0f} s ({p})' for p, s in trained.seconds.items())}: "
           f"recon {recon:.2f} dB, rollout gain {gain:.2f} dB, shuffle ratio {ratio:.3f}; "
           f"untrained: {untrained[0]:.2f} dB, {untrained[1]:.2f} dB, {untrained[2]:.3f}")
     assert recon > 30.0 and recon > untrained[0] + 8  # frames are reconstructed, not averaged
-    assert gain > -1.5 and gain > untrained[1] + 6     # rollouts close to repeating the frame
+    assert gain > 0.0                                  # rollouts beat repeating the frame
     assert ratio > 1.2 > untrained[2] + 0.1            # and follow the actions
 
 

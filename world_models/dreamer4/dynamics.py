@@ -179,9 +179,10 @@ def two_stream_mask(T: int, device=None) -> Tensor:
                       torch.cat([noisy_reads_ctx, torch.eye(T - 1, dtype=torch.bool, device=device)], 1)], 0)
 
 
-def flow_weight(tau: Tensor) -> Tensor:
-    """Loss weight `0.9 τ + 0.1`, emphasising the cleaner, more informative levels."""
-    return 0.9 * tau + 0.1
+def flow_weight(tau: Tensor, kind: str = "ramp") -> Tensor:
+    """Loss weight per noise level: `"ramp"` is the paper's `0.9 τ + 0.1`, emphasising the
+    cleaner, more informative levels; `"uniform"` weighs every level alike."""
+    return 0.9 * tau + 0.1 if kind == "ramp" else torch.ones_like(tau)
 
 
 def reward_loss(heads: AgentHeads, pooled: Tensor, rewards: Tensor) -> Tensor:

@@ -144,7 +144,7 @@ class Dreamer4(WorldModel):
             parts.append(two)
             context = (h_context, rows)
         x_hat = torch.cat(parts)
-        w = flow_weight(tau)
+        w = flow_weight(tau, cfg.flow_weighting)
         target = torch.ones(B, T, 1, 1, device=x.device)
         target[split:, 0] = 0  # the first frame of a two-stream row has no past: not a target
         sq = (x_hat - x).pow(2)
