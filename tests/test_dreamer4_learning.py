@@ -69,8 +69,9 @@ def test_tiny_model_learns_toy_reach(trained):
 
 
 def test_world_model_mpc_beats_random_on_toy_reach(trained):
-    # Weaker than the "clearly": over 4 episodes MPC led random by 3.7 in one CI run
-    # (38.1 vs 34.4) and by more in another, so 8 paired episodes and no margin.
+    # Over these 8 paired episodes MPC returned 46.7 and 41.9 in two runs of the fixture
+    # (torch seeds 0 and 2), random 32.7 (returns are per-step rewards in [0, 1] summed
+    # over 50 steps); the margin asks for "clearly" with room for run-to-run spread.
     model = trained.model
     env = envs.make("toy-reach", size=16, **LEFT)
     cem = CEM(2, horizon=6, population=32, elites=6, iterations=2, init_std=0.5, noise_beta=1.0, seed=0)
@@ -79,7 +80,7 @@ def test_world_model_mpc_beats_random_on_toy_reach(trained):
     mpc = [run_episode(env, mpc_agent, s).episode_return for s in seeds]
     rand = [run_episode(env, RandomAgent(2, seed=s), s).episode_return for s in seeds]
     print(f"toy-reach, 8 episodes: mpc {np.mean(mpc):.1f} ± {np.std(mpc):.1f}, random {np.mean(rand):.1f} ± {np.std(rand):.1f}")
-    assert np.mean(mpc) > np.mean(rand), (mpc, rand)
+    assert np.mean(mpc) > np.mean(rand) + 3, (mpc, rand)
 
 
 def test_predictors_flag_the_uncovered_half(trained):
@@ -87,14 +88,13 @@ def test_predictors_flag_the_uncovered_half(trained):
     # the stage flow instability and inter-seed variance watch (with a left-only tokenizer
     # the failure is perceptual and only u_r and kNN see it: benchmarks/coverage.py --gap all).
     # The held-out right-half episodes reuse the left half's seeds (the same actions, shifted
-    # right), so both halves have the same motion. With different seeds the right half had
-    # 0.70-0.79 of the left's latent motion in three runs, which pulled every motion-scaled
-    # signal below 1x there (u_s/m 0.86-1.41, u_f/m 0.92-1.24). Three runs with matched
-    # seeds when written, right/left: u_r/m 2.20 / 1.84 / 2.19, u_s/m 1.50 / 1.20 / 1.54,
-    # u_f/m 1.25 / 1.15 / 1.22, kNN 1.55 / 1.63 / 1.92, retracing 1.25 / 1.14 / 1.44, true
-    # motion 1.05 / 1.07 / 0.98; rollout PSNR 3.4-5.4 dB lower on the right. ρ vs rollout
-    # PSNR was -0.51 to -0.90 for all of them, but within one task scene motion drives much
-    # of it: the true-motion reference (not a predictor) reached -0.75 to -0.86.
+    # right), so both halves have the same motion: with different seeds the right half had
+    # 0.70-0.79 of the left's latent motion, which pulled every motion-scaled signal toward
+    # 1x there. Two runs of this fixture when written (torch seeds 0 and 2), right/left:
+    # u_r/m 2.45 / 2.33, u_s/m 1.94 / 1.93, u_f/m 1.46 / 1.78, kNN 1.94 / 1.58, retracing
+    # 1.65 / 1.79, true motion 1.05 / 1.12; rollout PSNR 4.3 / 6.1 dB lower on the right; ρ
+    # vs rollout PSNR -0.56 to -0.83. Within one task scene motion drives much of ρ: the
+    # true-motion reference (not a predictor) reached -0.72 / -0.60.
     model, stores = trained.model, trained.stores
     motion = MotionStats.fit(stores["train"], model, windows=128)
     knn = KNNDistance.fit(stores["train"], model, trained.covered, size=2048)
@@ -110,5 +110,5 @@ def test_predictors_flag_the_uncovered_half(trained):
     psnr = torch.as_tensor(both["rollout_psnr"])
     for name in ("u_r/m", "u_s/m", "u_f/m", "knn", "retracing"):
         assert spearman(torch.as_tensor(both[name]), psnr) <= -0.3, name
-    for name in ("u_r/m", "u_s/m", "u_f/m", "knn"):
+    for name in ("u_r/m", "u_s/m", "u_f/m", "knn", "retracing"):
         assert right[name].mean() > left[name].mean(), name
