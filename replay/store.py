@@ -44,11 +44,13 @@ class EpisodeStore:
 
     def episodes(self, task: str | Sequence[str] | None = None,
                  behavior: str | Sequence[str] | None = None) -> list[EpisodeInfo]:
-        """Episode files in the store, optionally only some tasks and/or behaviours."""
+        """Episode files in the store, optionally only some tasks and/or behaviours, listed by
+        task, behaviour, then episode seed: the same collection lists (and so splits and
+        samples) in the same order however its writes fell across clock seconds."""
         task = [task] if isinstance(task, str) else task
         behavior = [behavior] if isinstance(behavior, str) else behavior
         infos = []
-        for path in sorted(self.root.glob("*/*/*.npz")):
+        for path in sorted(self.root.glob("*/*/*.npz"), key=_listing_key):
             if path in self._bad:
                 continue
             t, b = path.parent.parent.name, path.parent.name
@@ -121,6 +123,14 @@ class EpisodeStore:
         picks = rng.choice(len(pool), size=batch, p=p)
         starts = [int(rng.integers(n_windows[i])) for i in picks]
         return collate([pool[i] for i in picks], starts, seq_len)
+
+
+def _listing_key(path: Path) -> tuple[str, str, int, str]:
+    """Task, behaviour, episode seed (-1 if the name has none), then the name itself, of a
+    file named `<date>-<time>-<seed>-<id>-T<len>.npz` (`EpisodeStore.add`)."""
+    parts = path.stem.split("-")
+    seed = int(parts[2]) if len(parts) == 5 and parts[2].isdigit() else -1
+    return path.parent.parent.name, path.parent.name, seed, path.name
 
 
 def collate(episodes: list[Episode], starts: list[int], seq_len: int) -> dict[str, torch.Tensor]:

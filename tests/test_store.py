@@ -93,6 +93,18 @@ def test_sample_pads_actions_and_marks_valid_dims(tmp_path):
     assert (b["rewards"][:, 1:] - b["rewards"][:, :-1]).eq(1).all()
 
 
+def test_listing_order_does_not_depend_on_write_times(tmp_path):
+    # the same collection written at other times: seed 9 in an earlier second than seed 10
+    # in one run, a later one in the other; the listing (and so any split of it) is the same
+    names = {}
+    for run, stamps in (("a", {9: "20260101-000000", 10: "20260101-000001"}),
+                        ("b", {9: "20260101-000001", 10: "20260101-000000"})):
+        for seed, stamp in stamps.items():
+            make_episode(seed=seed).save(tmp_path / run / "toy-reach/random" / f"{stamp}-{seed}-0a1b2c3d-T10.npz")
+        names[run] = [info.path.name.split("-")[2] for info in EpisodeStore(tmp_path / run).episodes()]
+    assert names["a"] == names["b"] == ["9", "10"]
+
+
 def test_filters_by_task_and_behavior(tmp_path):
     store = EpisodeStore(tmp_path)
     store.add(make_episode("toy-reach", behavior="expert"))

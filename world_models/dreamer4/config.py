@@ -102,7 +102,7 @@ PRESETS = {
     # after 350 steps and 0.159 after 700). 8-step gain over repeat-last-frame on 256 held-out windows, 700 dynamics
     # steps on a fixed tokenizer: -0.25 dB (4 levels, ramp), -0.07 (2, ramp), -0.16 (4,
     # uniform), +0.17 / +0.41 / +0.10 (2, uniform; three seeds); +0.50 / +0.54 at 900 steps.
-    # 1800 + 1100 steps train in 104-112 s (the learning test).
+    # 1800 + 1100 steps train in 103-112 s (the learning test).
     "tiny": dict(image_size=16, patch=4, tok_dim=64, tok_heads=4, tok_depth=1, n_latents=8,
                  d_bottleneck=16, dyn_dim=64, dyn_heads=4, dyn_depth=3, registers=1, agent_tokens=1,
                  reward_bins=41, batch=48, seq_len=2, tok_steps=1800, dyn_steps=1100, lr=2e-3,
