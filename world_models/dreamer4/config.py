@@ -99,9 +99,10 @@ PRESETS = {
     # substep's x-prediction (τ = 0) is what moves the agent, and under the 4-level grid and
     # the paper's ramp (weight 0.1 at τ = 0) it stayed at copying the frame after 700 steps
     # (latent MSE 0.19 against 0.20 for the copy; a plain τ = 0 regression was at 0.196
-    # after 350 steps and 0.159 after 700). 8-step gain over repeat-last-frame on 256 held-out windows, 700 dynamics
-    # steps on a fixed tokenizer: -0.25 dB (4 levels, ramp), -0.07 (2, ramp), -0.16 (4,
-    # uniform), +0.17 / +0.41 / +0.10 (2, uniform; three seeds); +0.50 / +0.54 at 900 steps.
+    # after 350 steps and 0.159 after 700). 8-step gain over repeat-last-frame on 256
+    # held-out windows, 700 dynamics steps on a fixed tokenizer: -0.25 dB (4 levels, ramp),
+    # -0.07 (2, ramp), -0.16 (4, uniform), +0.17 / +0.41 / +0.10 (2, uniform; three seeds);
+    # +0.50 / +0.54 at 900 steps.
     # 1800 + 1100 steps train in 103-112 s (the learning test).
     "tiny": dict(image_size=16, patch=4, tok_dim=64, tok_heads=4, tok_depth=1, n_latents=8,
                  d_bottleneck=16, dyn_dim=64, dyn_heads=4, dyn_depth=3, registers=1, agent_tokens=1,
@@ -110,7 +111,7 @@ PRESETS = {
                  **{**_NO_BOOTSTRAP, "k_max": 2, "sample_steps": 2, "context_tau": 1.0, "context_rows": 1.0,
                     "flow_weighting": "uniform"}),
     # the 64 px CPU model for one DMC task: on cup-catch (36 episodes) the tokenizer took
-    # 5.3 min and the dynamics 5.1 min on a free 2-core CPU. It keeps the paper's
+    # 4.8 min and the dynamics 3.6 min on a free 2-core CPU. It keeps the paper's
     # masked-only MAE loss (64 patches a frame) and takes the tiny preset's clean context,
     # with half the rows in the two-stream layout and half all-noisy; rows are 4 frames
     # long so the model can read velocities (the cup's ball swings).
