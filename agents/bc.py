@@ -21,9 +21,8 @@ class BCAgent(ContextAgent):
     @torch.no_grad()
     def act(self) -> np.ndarray:
         obs, ctx_actions = self.context.tensors(self.model.device)
-        im = self.model.imagine(obs, None, context_actions=ctx_actions, task=self.task,
-                                generator=self.generator, horizon=1)
-        return im.policy_actions[0, 0, : self.action_dim].cpu().numpy().astype(np.float32)
+        state = self.model.start(obs, ctx_actions, task=self.task, generator=self.generator)
+        return state.policy_action[0, : self.action_dim].cpu().numpy().astype(np.float32)
 
 
 class RandomAgent:

@@ -1,4 +1,4 @@
-"""`MPCAgent`: plan through a world model's `imagine` with CEM-MPC and a BC prior."""
+"""`MPCAgent`: plan through a world model's step API with CEM-MPC and a BC prior."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,7 +10,7 @@ from torch import Tensor
 from agents.context import ContextAgent
 from planners import MPC
 from uncertainty import penalized_reward, signal
-from world_models import Imagination, WorldModel
+from world_models import Imagination, SimState, Simulator
 
 
 class MPCAgent(ContextAgent):
@@ -25,7 +25,7 @@ class MPCAgent(ContextAgent):
     `prior_samples - 1` noisy copies, joins every iteration's candidates.
 
     Args:
-        model: any `WorldModel` (a trained one, or the `Oracle`).
+        model: any `Simulator` (a trained world model, or the `Oracle`).
         mpc: the planner loop; its CEM's action_dim must be the task's.
         task: the task name passed to `imagine`.
         context: frames of history the model sees (with the actions between them).
@@ -39,7 +39,7 @@ class MPCAgent(ContextAgent):
         seed: seeds the prior noise and the model's sampling.
     """
 
-    def __init__(self, model: WorldModel, mpc: MPC, task: str, *, context: int = 1, discount: float = 1.0,
+    def __init__(self, model: Simulator, mpc: MPC, task: str, *, context: int = 1, discount: float = 1.0,
                  penalty: str | None = None, lam: float = 0.0, seeds: int = 1, motion=None,
                  terminal_value: Callable[[Imagination], Tensor] | None = None,
                  prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
@@ -58,7 +58,7 @@ class MPCAgent(ContextAgent):
         self.prior_samples, self.prior_noise = prior_samples, prior_noise
         self.generator = torch.Generator().manual_seed(seed)
         self.horizon, self.action_dim = mpc.planner.horizon, mpc.planner.action_dim
-        self.plan_context: tuple[Tensor, Tensor | None] | None = None
+        self.plan_start: SimState | None = None
 
     def reset(self, obs: np.ndarray) -> None:
         """Start an episode at `obs` (`uint8 [3, h, w]`)."""
@@ -68,33 +68,33 @@ class MPCAgent(ContextAgent):
     @torch.no_grad()
     def act(self) -> np.ndarray:
         """The next action `[A]` for the current context."""
-        obs, ctx_actions = self.context.tensors(self.model.device)
         init_mean = prior = None
         if self.mpc.needs_plan:
-            self.plan_context = (obs, ctx_actions)
+            obs, ctx_actions = self.context.tensors(self.model.device)
+            self.plan_start = self.model.start(obs, ctx_actions, task=self.task, seeds=self.seeds,
+                                               generator=self.generator)
             if self.prior_samples > 0 and self.model.has_policy:
-                init_mean, prior = self._bc_prior(obs, ctx_actions)
-        action = self.mpc.act(lambda plans: self._score(obs, ctx_actions, plans),
+                init_mean, prior = self._bc_prior(self.plan_start)
+        action = self.mpc.act(lambda plans: self._score(self.plan_start, plans),
                               init_mean=init_mean, prior_samples=prior)
         return action.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
     def imagine_last_plan(self) -> Imagination:
         """The decoded imagination `frames [1, H, 3, h, w]` of the last plan, from the
-        context it was made in (for videos of real next to imagined)."""
-        obs, ctx_actions = self.plan_context
+        state it was made in (for videos of real next to imagined)."""
         plan = self.mpc.last_plan.actions[None].to(self.model.device)
-        return self.model.imagine(obs, plan, context_actions=ctx_actions, decode=True, task=self.task,
-                                  generator=self.generator)
+        return self.model.rollout(self.plan_start.select(torch.zeros(1, dtype=torch.long)), plan, decode=True)
 
     # ---- internals -------------------------------------------------------------------------
-    def _score(self, obs: Tensor, ctx_actions: Tensor | None, plans: Tensor) -> Tensor:
-        """Discounted (penalised) return of each plan `[N, H, A]` -> `[N]`."""
+    def _score(self, start: SimState, plans: Tensor) -> Tensor:
+        """Discounted (penalised) return of each plan `[N, H, A]` from `start` -> `[N]`."""
         penalised = bool(self.penalty and self.lam)
         native = "flow_instability" if self.penalty == "u_f" else self.penalty
         signals = (native,) if penalised and native in self.model.native_signals else ()
-        im = self.model.imagine(obs, plans.to(self.model.device), context_actions=ctx_actions, seeds=self.seeds,
-                                signals=signals, task=self.task, generator=self.generator)
+        im = self.model.rollout(start, plans.to(start.features.device), signals=signals)
+        if im.rewards is None:
+            raise ValueError(f"{self.model.name} has no reward head: MPC has nothing to maximise")
         reward = im.rewards
         if penalised:
             u = signal(self.penalty, self.model, im)
@@ -106,11 +106,10 @@ class MPCAgent(ContextAgent):
             score = score + self.discount ** self.horizon * self.terminal_value(im)
         return score.to(plans.device)
 
-    def _bc_prior(self, obs: Tensor, ctx_actions: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _bc_prior(self, start: SimState) -> tuple[Tensor, Tensor]:
         """The BC-policy rollout `[H, A]` and `[prior_samples, H, A]` trajectories: the
         rollout itself and noisy copies of it."""
-        im = self.model.imagine(obs, None, context_actions=ctx_actions, task=self.task,
-                                generator=self.generator, horizon=self.horizon)
-        mean = im.policy_actions[0, :, : self.action_dim].cpu()
+        im = self.model.rollout(start, None, horizon=self.horizon)
+        mean = im.actions[0, :, : self.action_dim].cpu()
         noise = torch.randn(self.prior_samples - 1, *mean.shape, generator=self.generator) * self.prior_noise
         return mean, torch.cat([mean[None], (mean + noise).clamp(-1, 1)])

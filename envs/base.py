@@ -74,6 +74,10 @@ class TaskEnv(gym.Env):
         self._steps = state["steps"]
         self._set_sim(state["sim"])
 
+    def state(self) -> np.ndarray:
+        """The low-dimensional state now, `float32 [state_dim]`."""
+        return self._state()
+
     # ---- gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None and self._np_random is None:

@@ -25,7 +25,7 @@ def test_oracle_rewards_match_the_environment(task):
             frame, r, *_ = env.step(plans[n, h].numpy())
             assert im.rewards[n, h].item() == pytest.approx(r, abs=1e-6)
         assert torch.equal((im.frames[n, -1] * 255).round().byte(), torch.as_tensor(frame))
-    with pytest.raises(ValueError, match="no policy"):
+    with pytest.raises(ValueError, match="no BC policy"):
         Oracle(env).imagine(torch.as_tensor(obs)[None], None)
 
 
@@ -56,7 +56,7 @@ def test_penalty_by_name_is_divided_by_scene_motion():
         agent = MPCAgent(model, MPC(CEM(2, horizon=4, population=8, elites=2)), "toy-reach", penalty="u_r",
                          lam=lam, motion=motion, prior_samples=0)
         agent.reset(obs)
-        return agent._score(*agent.context.tensors(model.device), plans)
+        return agent._score(model.start(*agent.context.tensors(model.device), task="toy-reach"), plans)
 
     free, plain, halved = score(0.0), score(1.0), score(1.0, MotionStats({"toy-reach": 2.0}))
     im = model.imagine(torch.as_tensor(obs)[None], plans, task="toy-reach")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import world_models
+from envs import task_index
 from world_models.dreamer4.dynamics import flow_weight
 from world_models.dreamer4.tokenizer import decoder_mask, encoder_mask
 
@@ -13,7 +14,7 @@ B, T = 2, 5
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = world_models.make("dreamer4", "tiny", tasks=("toy-reach",))
+    m = world_models.make("dreamer4", "tiny", tasks=("toy-reach", "cup-catch"))
     # give the zero-initialised heads weights so that every output depends on its inputs
     for p in m.parameters():
         if p.dim() > 1 and p.abs().sum() == 0:
@@ -47,7 +48,7 @@ def test_agent_tokens_are_read_by_nothing_else(model):
     dyn = model.dynamics
     z, tau, step, act, mask, task = tokens(model)
     out = dyn(dyn.tokens(z, tau, step, act, mask, task))[0]
-    out2 = dyn(dyn.tokens(z, tau, step, act, mask, task + 5))[0]  # another task embedding
+    out2 = dyn(dyn.tokens(z, tau, step, act, mask, task + 1))[0]  # another task's embedding
     agent = dyn.layout.agent
     torch.testing.assert_close(out[:, :, : agent.start], out2[:, :, : agent.start])
     assert (out[:, :, agent] - out2[:, :, agent]).abs().max() > 1e-3
@@ -125,10 +126,12 @@ def test_imagine_contract_shapes_and_errors(model):
     latent = (model.cfg.n_latents, model.cfg.d_bottleneck)
     assert im.latents.shape == (4, 5, *latent) and im.rewards.shape == (4, 5)
     assert im.seed_latents.shape == (3, 4, 5, *latent) and im.frames is None
-    assert im.policy_actions.shape == (4, 5, 16) and im.signals["flow_instability"].shape == (4, 5)
+    assert im.policy_actions.shape == (4, 5, 2) and im.signals["flow_instability"].shape == (4, 5)
+    assert im.features.shape == (4, 5, model.cfg.dyn_dim) and im.actions.shape == (4, 5, 2)
     assert (im.seed_latents[0] != im.seed_latents[1]).any()  # seeds differ
     bc = model.imagine(obs, None, horizon=4)
-    assert bc.policy_actions.shape == (1, 4, 16) and (bc.policy_actions[..., 2:] == 0).all()
+    assert bc.policy_actions.shape == (1, 4, 2)
+    torch.testing.assert_close(bc.actions, bc.policy_actions)  # the BC rollout takes the head's actions
     with pytest.raises(ValueError, match="actions must be"):
         model.imagine(obs, torch.zeros(5, 2))
     with pytest.raises(ValueError, match="non-finite"):
@@ -148,7 +151,7 @@ def test_checkpoint_roundtrip(model, tmp_path):
     a = model.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     b = loaded.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a.latents, b.latents)
-    assert loaded.tasks == ("toy-reach",)
+    assert loaded.tasks == ("toy-reach", "cup-catch")
 
 
 def test_shortcut_bootstrap_rows_train_coarse_steps():
@@ -159,7 +162,7 @@ def test_shortcut_bootstrap_rows_train_coarse_steps():
         torch.nn.init.normal_(p, std=0.1)
     batch = {"frames": torch.randint(0, 256, (4, 4, 3, 16, 16), dtype=torch.uint8),
              "actions": torch.rand(4, 3, 16), "rewards": torch.rand(4, 3),
-             "action_mask": torch.ones(4, 16, dtype=torch.bool), "task_id": torch.zeros(4, dtype=torch.long)}
+             "action_mask": torch.ones(4, 16, dtype=torch.bool), "task_id": torch.full((4,), task_index("toy-reach"))}
     loss, metrics = m.loss(batch, "dynamics")
     assert metrics["dyn/bootstrap"] > 0
     loss.backward()
@@ -189,6 +192,6 @@ def test_flow_weights_per_noise_level():
 
 def test_dynamics_loss_needs_two_frames(model):
     batch = {"frames": torch.rand(2, 1, 3, 16, 16), "actions": torch.zeros(2, 0, 16), "rewards": torch.zeros(2, 0),
-             "action_mask": torch.ones(2, 16, dtype=torch.bool), "task_id": torch.zeros(2, dtype=torch.long)}
+             "action_mask": torch.ones(2, 16, dtype=torch.bool), "task_id": torch.full((2,), task_index("toy-reach"))}
     with pytest.raises(ValueError, match="at least 2 frames"):
         model.loss(batch, "dynamics")

@@ -1,4 +1,5 @@
-"""World models behind one contract (`WorldModel.imagine`), their factory and checkpoints.
+"""World models behind one contract (`Simulator.start` / `step` / `imagine`), their
+factory and checkpoints.
 
     model = world_models.make("dreamer4", preset="tiny", tasks=("toy-reach",))
     model = world_models.load("runs/train/toy-reach/0/checkpoint")
@@ -8,7 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from world_models.base import Imagination, WorldModel
+from world_models.base import Imagination, Policy, SimState, Simulator, Step, WorldModel
 from world_models.checkpoint import find_checkpoint, load_weights, read_config
 
 MODELS = ("dreamer4", "whale")
@@ -52,4 +53,4 @@ def load(path: str | Path, device: str = "cpu") -> WorldModel:
     return model.to(device).eval()
 
 
-__all__ = ["Imagination", "MODELS", "WorldModel", "load", "make"]
+__all__ = ["Imagination", "MODELS", "Policy", "SimState", "Simulator", "Step", "WorldModel", "load", "make"]

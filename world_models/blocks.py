@@ -2,13 +2,15 @@
 
 RMSNorm pre-norm, multi-head attention with RoPE, QK-norm, an optional boolean mask and
 an optional key/value prefix (the KV cache), a SwiGLU MLP, the spatial-temporal layer
-and its KV-cached rollout context, patchify, running-RMS loss normalisation and the
+and its sliding-window rollout context, patchify, running-RMS loss normalisation and the
 symlog two-hot reward encoding. Shapes use einops names: B batch, T time, N tokens,
 H heads, D head dim.
 """
 from __future__ import annotations
 
+import copy
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -191,44 +193,69 @@ class SpaceTimeStack(nn.Module):
         return x, new_kv
 
 
-class KVContext:
-    """The past a causal `SpaceTimeStack` conditions on during a rollout: a KV cache of every
-    layer (`cached=True`), or the raw input tokens of past steps, recomputed at every call
-    (the reference the cache is tested against)."""
+class RolloutWindow:
+    """The past a causal `SpaceTimeStack` reads during a rollout: the input tokens of at most
+    `window` steps `[R, W, N, C]` and, when `cached`, every layer's keys/values for them.
 
-    def __init__(self, stack: nn.Module, cached: bool = True):
-        self.stack, self.cached = stack, cached
-        self.kv: list[KV] | None = None
+    It is immutable: `appended` returns a new window, so a rollout state can be branched
+    and stepped without touching the one it came from. When a step pushes the oldest one
+    out, the window is recomputed from its tokens after `reset_first` rewrites the new first
+    step's tokens: the model then reads exactly what it read in training, where a window
+    starts with no past (for example, no action that led to its first frame). The cost per
+    step stays flat however long the rollout. `cached=False` keeps only the tokens and
+    recomputes the window at every query (the reference the cache is tested against).
+    """
+
+    def __init__(self, stack: nn.Module, window: int, cached: bool = True,
+                 reset_first: Callable[[Tensor], Tensor] | None = None):
+        if window < 1:
+            raise ValueError(f"a rollout window holds at least 1 step, got {window}")
+        self.stack, self.window, self.cached, self.reset_first = stack, window, cached, reset_first
         self.tokens: Tensor | None = None
-        self.length = 0
+        self.kv: list[KV] | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.tokens is None else self.tokens.shape[1]
+
+    def _with(self, tokens: Tensor | None, kv: list[KV] | None) -> "RolloutWindow":
+        new = copy.copy(self)
+        new.tokens, new.kv = tokens, kv
+        return new
 
     def query(self, x: Tensor) -> Tensor:
-        """Outputs for the tokens `[B, T, N, C]` of the next step(s), without storing them."""
+        """Outputs for the tokens `[R, 1, N, C]` of the next step, reading the window
+        (nothing is stored)."""
         if self.cached:
             return self.stack(x, self.length, self.kv)[0]
         full = x if self.tokens is None else torch.cat([self.tokens, x], 1)
         return self.stack(full)[0][:, -x.shape[1]:]
 
-    def append(self, x: Tensor) -> Tensor:
-        """Add steps `[B, T, N, C]` to the past and return their outputs."""
-        if self.cached:
+    def appended(self, x: Tensor) -> tuple[Tensor, "RolloutWindow"]:
+        """Push steps `[R, T, N, C]`: their outputs `[R, T, N, C]` (each reading the window it
+        ends up in) and the new window."""
+        if self.length + x.shape[1] <= self.window:
+            tokens = x if self.tokens is None else torch.cat([self.tokens, x], 1)
+            if not self.cached:
+                return self.stack(tokens)[0][:, -x.shape[1]:], self._with(tokens, None)
             h, kv = self.stack(x, self.length, self.kv)
-            self.kv = kv if self.kv is None else [(torch.cat([pk, k], 2), torch.cat([pv, v], 2))
-                                                  for (pk, pv), (k, v) in zip(self.kv, kv)]
-        else:
-            self.tokens = x if self.tokens is None else torch.cat([self.tokens, x], 1)
-            h = self.stack(self.tokens)[0][:, -x.shape[1]:]
-        self.length += x.shape[1]
-        return h
+            if self.kv is not None:
+                kv = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(self.kv, kv)]
+            return h, self._with(tokens, kv)
+        tokens = torch.cat([x] if self.tokens is None else [self.tokens, x], 1)[:, -self.window:]
+        if self.reset_first is not None:
+            tokens = torch.cat([self.reset_first(tokens[:, :1]), tokens[:, 1:]], 1)
+        h, kv = self.stack(tokens)
+        return h[:, -min(x.shape[1], self.window):], self._with(tokens, kv if self.cached else None)
 
-    def repeat(self, n: int) -> None:
-        """Broadcast a batch-B past to B*n rollouts (rows stay batch-major: row i*B + b)."""
-        if self.length == 0:
-            return
-        if self.cached:
-            self.kv = [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv]
-        else:
-            self.tokens = self.tokens.repeat(n, 1, 1, 1)
+    def select(self, index: Tensor) -> "RolloutWindow":
+        """The rows `index [R']` (picked or repeated) of the window."""
+        if self.tokens is None:
+            return self
+        rows = self.tokens.shape[0]
+        kv = None if self.kv is None else [
+            tuple(t.view(rows, -1, *t.shape[1:])[index].flatten(0, 1) for t in pair) for pair in self.kv]
+        return self._with(self.tokens[index], kv)
 
 
 def symlog(x: Tensor) -> Tensor:

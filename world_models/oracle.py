@@ -1,32 +1,41 @@
-"""The true simulator behind the `WorldModel` contract, for checking planners.
+"""The true simulator behind the `Simulator` contract, for checking planners.
 
     env = envs.make("toy-reach", size=32); obs, _ = env.reset()
-    oracle = Oracle(env)          # mirrors `env`: every imagine() starts from env's state now
+    oracle = Oracle(env)          # mirrors `env`: every start() begins from env's state now
     im = oracle.imagine(obs, plans)   # plans [N, H, A] -> exact rewards [N, H]
 
-It snapshots the live environment's simulator at each `imagine` call, replays every
-candidate in a private copy (same action repeat and physics substeps, so rewards are
-exactly the environment's) and restores nothing in the live one. `obs` is only used for
-its batch shape: the state comes from the environment, which is the point of an oracle.
+`start` snapshots the live environment's simulator; `step` replays each row in a private
+copy (same action repeat and physics substeps, so rewards are exactly the environment's)
+and never touches the live one. `obs` is only used for its batch shape: the state comes
+from the environment, which is the point of an oracle. Latents and features are the
+low-dimensional states.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import envs
-from world_models.base import Imagination, WorldModel
+from world_models.base import SimState, Simulator, Step
 
 
-class Oracle(WorldModel):
+@dataclass
+class OracleState(SimState):
+    """`SimState` of the oracle: one simulator snapshot per row."""
+
+    snapshots: list
+
+    def _select_rows(self, rows: Tensor, batch: int) -> "OracleState":
+        return replace(super()._select_rows(rows, batch), snapshots=[self.snapshots[i] for i in rows.tolist()])
+
+
+class Oracle(Simulator):
     name = "oracle"
-    phases = ()
 
     def __init__(self, env: envs.TaskEnv):
-        super().__init__()
         if env.task.domain not in ("toy", "dmc"):
             raise ValueError(f"the oracle supports toy-reach and dm_control tasks, not {env.task.name}")
         self.live = env
@@ -38,52 +47,43 @@ class Oracle(WorldModel):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def imagine(self, obs: Tensor, actions: Tensor | None, *, context_actions: Tensor | None = None,
-                decode: bool = False, seeds: int = 1, signals: tuple[str, ...] = (),
-                task: str | None = None, generator: torch.Generator | None = None,
-                horizon: int | None = None) -> Imagination:
-        """Exact rollouts of `actions [N, H, A]` from the live environment's current state.
-        `latents` are the low-dimensional states `[N, H, state_dim]`; `frames` (decode)
-        are rendered `[N, H, 3, h, w]` in [0, 1]. The simulator is deterministic, so
-        `seeds` > 1 repeats the same rollout and there are no signals."""
-        if actions is None:
-            raise ValueError("the oracle has no policy: pass actions")
-        if signals:
-            raise ValueError(f"the oracle computes no uncertainty signals, asked for {list(signals)}")
+    def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
+              seeds: int = 1, generator: torch.Generator | None = None) -> OracleState:
+        """The live environment's state now, once per row of `obs` (`[B, ...]`). The simulator
+        is deterministic, so every seed is the same."""
         if task is not None and task != self.live.task.name:
             raise ValueError(f"the oracle mirrors {self.live.task.name}, not {task}")
-        plans = actions.detach().cpu().float().numpy()
-        if plans.ndim != 3 or plans.shape[-1] != self.action_dim:
-            raise ValueError(f"actions must be [N, H, {self.action_dim}], got {tuple(actions.shape)}")
-        start = self.live.get_sim_state()
-        N, H = plans.shape[:2]
-        states = np.zeros((N, H, self.sim.state_dim), np.float32)
-        rewards = np.zeros((N, H), np.float32)
-        frames = np.zeros((N, H, self.live.size, self.live.size, 3), np.uint8) if decode else None
-        for n in range(N):
-            self.sim.set_sim_state(start)
-            for h in range(H):
-                states[n, h], rewards[n, h], *_ = self.sim.step(np.clip(plans[n, h], -1, 1))
-                if decode:
-                    frames[n, h] = self.sim.render()
-        out = Imagination(latents=torch.from_numpy(states), rewards=torch.from_numpy(rewards))
-        if seeds > 1:
-            out.seed_latents = out.latents.expand(seeds, *out.latents.shape)
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        B = obs.shape[0]
+        snap = self.live.get_sim_state()
+        state = torch.as_tensor(self.live.state()).expand(B * seeds, -1).clone()
+        return OracleState(owner=id(self), batch=B, seeds=seeds, task=self.live.task.name,
+                           action_width=self.action_dim, features_all=state, policy_all=None,
+                           generator=generator, snapshots=[snap] * (B * seeds))
+
+    def step(self, state: OracleState, actions: Tensor, signals: tuple[str, ...] = (),
+             decode: bool = False) -> tuple[OracleState, Step]:
+        """Exact: `latent` and `features` are the next low-dimensional states `[B, state_dim]`,
+        `frame` (decode) the rendered frame; there are no uncertainty signals."""
+        a, _ = self.check_step_actions(state, actions)
+        if signals:
+            raise ValueError(f"the oracle computes no uncertainty signals, asked for {list(signals)}")
+        plans = a[:, : self.action_dim].cpu().numpy()
+        R, B = len(plans), state.batch
+        states = np.zeros((R, self.sim.state_dim), np.float32)
+        rewards = np.zeros(R, np.float32)
+        frames, snaps = [], []
+        for r in range(R):
+            self.sim.set_sim_state(state.snapshots[r])
+            states[r], rewards[r], *_ = self.sim.step(np.clip(plans[r], -1, 1))
+            snaps.append(self.sim.get_sim_state())
+            if decode and r < B:
+                frames.append(self.sim.render())
+        latent = torch.from_numpy(states)
+        new = replace(state, features_all=latent, snapshots=snaps)
+        out = Step(latent=latent[:B], reward=torch.from_numpy(rewards[:B]), features=latent[:B],
+                   seed_latents=latent.view(state.seeds, B, -1) if state.seeds > 1 else None)
         if decode:
-            out.frames = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255
-        return out
-
-    def encode(self, frames: Tensor) -> Tensor:
-        raise ValueError("the oracle has no encoder: it reads the simulator, not frames")
-
-    def decode(self, latents: Tensor) -> Tensor:
-        raise ValueError("the oracle cannot render from latents: use imagine(..., decode=True)")
-
-    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
-        raise ValueError("the oracle is not trained")
-
-    def prediction_error(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        raise ValueError("the oracle is exact: it has no prediction error to measure")
-
-    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
-        raise ValueError("the oracle has no parameters to train")
+            out.frame = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+        return new, out

@@ -71,7 +71,7 @@ class AgentHeads(nn.Module):
 
 
 class Dynamics(nn.Module):
-    def __init__(self, cfg: Dreamer4Config):
+    def __init__(self, cfg: Dreamer4Config, num_tasks: int = 1):
         super().__init__()
         self.cfg = cfg
         d = cfg.dyn_dim
@@ -85,7 +85,7 @@ class Dynamics(nn.Module):
         self.spatial_pos = nn.Parameter(torch.randn(self.n_spatial, d) * 0.02)
         self.register_tokens = nn.Parameter(torch.randn(cfg.registers, d) * 0.02)
         self.agent_tokens = nn.Parameter(torch.randn(cfg.agent_tokens, d) * 0.02)
-        self.task_in = nn.Linear(cfg.text_dim, d) if cfg.text_dim else nn.Embedding(cfg.num_tasks, d)
+        self.task_in = nn.Linear(cfg.text_dim, d) if cfg.text_dim else nn.Embedding(num_tasks, d)
         self.stack = SpaceTimeStack(d, cfg.dyn_heads, cfg.dyn_depth, cfg.mlp_ratio, causal=True,
                                     space_mask=self.layout.space_mask())
         self.out_norm = RMSNorm(d)
@@ -143,7 +143,7 @@ class Dynamics(nn.Module):
             step: step-size index `[B, T]` (d = 1 / 2**step).
             prev_action: action that led to each frame `[B, T, A]` (zeros at episode start).
             action_mask: valid action dims `[B, T, A]` (all False where there is no action).
-            task: task ids `[B]` (long) or text embeddings `[B, text_dim]`.
+            task: task embedding rows `[B]` (long) or text embeddings `[B, text_dim]`.
         """
         B, T = z.shape[:2]
         act = self.action_in(torch.cat([prev_action, action_mask.to(prev_action.dtype)], -1))
@@ -152,6 +152,14 @@ class Dynamics(nn.Module):
         agent = self.agent_tokens + self.task_in(task)[:, None, None, :]
         return torch.cat([act[:, :, None], shortcut[:, :, None], spatial,
                           self.register_tokens.expand(B, T, -1, -1), agent.expand(B, T, -1, -1)], dim=2)
+
+    def without_action(self, tokens: Tensor) -> Tensor:
+        """Tokens `[B, T, N, C]` with the action slot of every step replaced by "no action"
+        (what the first frame of a training window holds)."""
+        none = self.action_in(tokens.new_zeros(2 * self.cfg.action_dim))
+        out = tokens.clone()
+        out[:, :, self.layout.action] = none
+        return out
 
     def forward(self, x: Tensor, t0: int = 0, cache: list[KV] | None = None, **layout) -> tuple[Tensor, list[KV]]:
         """Run the transformer on tokens `[B, T, N, C]` at times t0..t0+T-1, after the

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from envs import task_index, task_spec
-from world_models.base import (Imagination, WorldModel, check_actions, check_imagine_inputs, context_action_inputs,
-                               previous_actions, to_float_frames)
+from envs import task_spec
+from world_models.base import SimState, Step, WorldModel, previous_actions, to_float_frames
+from world_models.blocks import RolloutWindow, RunningRMS
 from world_models.dreamer4.config import Dreamer4Config
-from world_models.blocks import KVContext, RunningRMS
 from world_models.dreamer4.dynamics import Dynamics, flow_weight, reward_loss, two_stream_mask
 from world_models.dreamer4.tokenizer import Tokenizer
 
@@ -28,13 +27,17 @@ class Dreamer4(WorldModel):
         self.cfg, self.tasks = cfg, tuple(tasks)
         self.action_dim = cfg.action_dim
         self.tokenizer = Tokenizer(cfg)
-        self.dynamics = Dynamics(cfg)
+        self.dynamics = Dynamics(cfg, num_tasks=len(self.tasks))
         self.dyn_rms = nn.ModuleDict({k: RunningRMS() for k in ("flow", "bootstrap", "reward", "bc")})
         self.register_buffer("dyn_step", torch.zeros((), dtype=torch.long))
 
     @property
     def has_policy(self) -> bool:
         return self.dynamics.heads is not None and self.dynamics.heads.policy is not None
+
+    @property
+    def has_reward(self) -> bool:
+        return self.dynamics.heads is not None and self.dynamics.heads.reward is not None
 
     def config_dict(self) -> dict:
         return {"name": self.name, "tasks": list(self.tasks), "config": asdict(self.cfg)}
@@ -72,7 +75,7 @@ class Dreamer4(WorldModel):
                 self.dynamics.fit_latent_stats(latents)
             x = self.dynamics.pack(latents)  # clean standardised packed latents [B, T, S, ds]
         prev, prev_mask = self._previous_actions(batch)
-        task = batch["task_id"].to(self.device)
+        task = self.batch_task_rows(batch["task_id"])
         if x.shape[1] < 2:
             raise ValueError("the dynamics trains on sequences of at least 2 frames (seq_len >= 2)")
         loss, metrics, context = self._flow_loss(x, prev, prev_mask, task)
@@ -103,7 +106,7 @@ class Dreamer4(WorldModel):
         tau = (tau_idx.float() / cfg.k_max)[..., None, None]
         z = (1 - tau) * noise + tau * x
         step = torch.full((B, T), int(math.log2(cfg.k_max)), device=self.device)
-        x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, batch["task_id"].to(self.device)))[0])
+        x_hat = dyn.predict_clean(dyn(dyn.tokens(z, tau_idx, step, prev, prev_mask, self.batch_task_rows(batch["task_id"])))[0])
         return (x_hat - x)[:, -1].pow(2).mean((1, 2))
 
     def _previous_actions(self, batch) -> tuple[Tensor, Tensor]:
@@ -207,66 +210,72 @@ class Dreamer4(WorldModel):
         return loss, metrics
 
     # ---- imagination ----------------------------------------------------------------------
-    def task_tensor(self, task: str | None, batch: int) -> Tensor:
-        name = task if task is not None else self.tasks[0]
-        return torch.full((batch,), task_index(name), dtype=torch.long, device=self.device)
+    @property
+    def max_context(self) -> int:
+        """A frame is predicted from at most `seq_len - 1` frames in training."""
+        return max(1, self.cfg.seq_len - 1)
 
     @torch.no_grad()
-    def imagine(self, obs: Tensor, actions: Tensor | None, *, context_actions: Tensor | None = None,
-                decode: bool = False, seeds: int = 1, signals: tuple[str, ...] = (),
-                task: str | None = None, horizon: int | None = None, cached: bool = True,
-                generator: torch.Generator | None = None) -> Imagination:
-        """See `WorldModel.imagine`. Dreamer-4 extras:
+    def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
+              seeds: int = 1, generator: torch.Generator | None = None, max_context: int | None = None,
+              cached: bool = True) -> Dreamer4State:
+        """See `Simulator.start`. The context is cut to its last `max_context` frames (default
+        `self.max_context`), the window the rollout keeps; `cached=False` recomputes the
+        window at every substep instead of caching its keys and values (the test reference)."""
+        frames, prev, prev_mask, window = self.start_context(obs, context_actions, seeds, max_context)
+        B = frames.shape[0]
+        name = self.tasks[self.task_row(task)]
+        rows = torch.full((B,), self.task_row(name), dtype=torch.long, device=self.device)
+        x = self.dynamics.pack(self.encode(frames))
+        past = RolloutWindow(self.dynamics, window, cached, reset_first=self.dynamics.without_action)
+        h, past = past.appended(self._commit_tokens(x, prev, prev_mask, rows, generator))
+        features = self._features(h[:, -1])
+        rep = torch.arange(B, device=self.device).repeat(seeds)
+        policy = self._policy(features, task_spec(name).action_dim)
+        return Dreamer4State(owner=id(self), batch=B, seeds=seeds, task=name, action_width=task_spec(name).action_dim,
+                             features_all=features[rep], policy_all=None if policy is None else policy[rep],
+                             generator=generator, window=past.select(rep), latent_all=self.dynamics.unpack(x[:, -1])[rep],
+                             task_rows=rows[rep])
 
-        Args:
-            actions: `None` rolls out the BC policy for `horizon` steps instead.
-            cached: reuse keys/values of the past (`False` recomputes the whole context at
-                every substep; the reference the cache is tested against).
-            generator: torch generator for the sampling noise.
-        """
-        obs = check_imagine_inputs(self, obs, signals, seeds)
-        B, T0 = obs.shape[:2]
-        if actions is None:
-            if not self.has_policy or horizon is None:
-                raise ValueError("actions=None rolls out the BC policy: needs a BC head and a horizon")
-            n, H, plan = B, horizon, None
-        else:
-            plan = check_actions(actions.to(self.device), self.action_dim)
-            n, H = plan.shape[:2]
-            if n != B and B != 1:
-                raise ValueError(f"actions batch {n} must equal obs batch {B}, or obs batch must be 1")
-        mask_dims = task_spec(task or self.tasks[0]).action_dim if actions is None else actions.shape[-1]
-        ctx = KVContext(self.dynamics, cached)
-        h_ctx = ctx.append(self._context_tokens(obs, context_actions, task, generator))
-        pooled = self._pool(h_ctx[:, -1:])
-        rows = n * seeds
-        if rows != B:
-            ctx.repeat(rows // B)
-            pooled = None if pooled is None else pooled.repeat(rows // B, 1, 1)
-        task_ids = self.task_tensor(task, rows)
-        plan = None if plan is None else plan.repeat(seeds, 1, 1)
-        first_action = None if pooled is None or self.dynamics.heads.policy is None else \
-            self.dynamics.heads.action(pooled)[:, 0]
-        out = self._rollout(ctx, H, plan, first_action, mask_dims, task_ids, generator,
-                            want_instability="flow_instability" in signals)
-        lat = rearrange(out["latents"], "(s n) h ... -> s n h ...", s=seeds)
-        result = Imagination(latents=lat[0], rewards=rearrange(out["rewards"], "(s n) h -> s n h", s=seeds).mean(0),
-                             seed_latents=lat if seeds > 1 else None)
-        if out["policy"] is not None:
-            result.policy_actions = rearrange(out["policy"], "(s n) h a -> s n h a", s=seeds)[0]
+    @torch.no_grad()
+    def step(self, state: Dreamer4State, actions: Tensor, signals: tuple[str, ...] = (),
+             decode: bool = False) -> tuple[Dreamer4State, Step]:
+        """See `Simulator.step`: K shortcut Euler substeps sample the next frame, each reading
+        the window; the finished frame joins the window at the context noise level, and the
+        heads read its agent token. Native signal: `flow_instability`, the RMS movement of the
+        clean-frame prediction over the second half of the substeps."""
+        a, mask = self.check_step_actions(state, actions)
+        unknown = set(signals) - set(self.native_signals)
+        if unknown:
+            raise ValueError(f"{self.name} computes {self.native_signals} natively, not {sorted(unknown)}")
+        cfg, dyn = self.cfg, self.dynamics
+        a, mask = a[:, None], mask[:, None]
+        R, K = a.shape[0], cfg.sample_steps
+        z = torch.randn(R, 1, dyn.n_spatial, dyn.d_spatial, generator=state.generator, device=self.device)
+        step = torch.full((R, 1), int(math.log2(K)), device=self.device)
+        preds = []
+        for k in range(K):
+            tau_idx = torch.full((R, 1), k * cfg.k_max // K, device=self.device)
+            x_hat = dyn.predict_clean(state.window.query(dyn.tokens(z, tau_idx, step, a, mask, state.task_rows)))
+            z = z + (x_hat - z) / (1 - k / K) / K
+            preds.append(x_hat)
+        h, window = state.window.appended(self._commit_tokens(z, a, mask, state.task_rows, state.generator))
+        features = self._features(h[:, 0])
+        policy = self._policy(features, state.action_width)
+        latent = dyn.unpack(z[:, 0])
+        new = replace(state, window=window, latent_all=latent, features_all=features, policy_all=policy)
+        S, B = state.seeds, state.batch
+        seed_mean = lambda v: v.view(S, B, *v.shape[1:]).mean(0)  # noqa: E731
+        reward = None
+        if self.has_reward:
+            reward = seed_mean(dyn.heads.twohot.decode(dyn.heads.reward_logits(features[:, None])[:, 0, 0]))
+        out = Step(latent=latent[:B], reward=reward, features=features[:B], policy_action=new.policy_action,
+                   seed_latents=latent.view(S, B, *latent.shape[1:]) if S > 1 else None,
+                   frame=self.decode(latent[:B, None])[:, 0] if decode else None)
         if "flow_instability" in signals:
-            result.signals["flow_instability"] = rearrange(out["instability"], "(s n) h -> s n h", s=seeds).mean(0)
-        if decode:
-            result.frames = self.decode(lat[0])
-        return result
-
-    def _context_tokens(self, obs, context_actions, task, generator) -> Tensor:
-        """Tokens of the context frames at the context noise level `[B, T0, N, C]`."""
-        dyn = self.dynamics
-        B, T0 = obs.shape[:2]
-        x = dyn.pack(self.encode(obs.to(self.device)))
-        prev, prev_mask = context_action_inputs(context_actions, B, T0, self.action_dim, self.device)
-        return self._commit_tokens(x, prev, prev_mask, self.task_tensor(task, B), generator)
+            moves = [(preds[k] - preds[k - 1]).pow(2).mean((1, 2, 3)).sqrt() for k in range(max(1, K // 2), K)]
+            out.signals["flow_instability"] = seed_mean(torch.stack(moves).mean(0) if moves else torch.zeros(R, device=self.device))
+        return new, out
 
     def _commit_tokens(self, x, prev, prev_mask, task, generator) -> Tensor:
         """Tokens of finished frames `x [B, T, S, ds]`, corrupted to the context level."""
@@ -278,48 +287,27 @@ class Dreamer4(WorldModel):
         step = torch.full((B, T), int(math.log2(cfg.k_max)), device=x.device)
         return dyn.tokens(z, tau_idx, step, prev, prev_mask, task)
 
-    def _pool(self, h: Tensor) -> Tensor | None:
+    def _features(self, h: Tensor) -> Tensor:
+        """Output tokens `[..., N, C]` -> features `[..., C]`: the pooled agent tokens the
+        heads read (their plain mean when the model has no heads)."""
+        agent = h[..., self.dynamics.layout.agent, :]
         heads = self.dynamics.heads
-        return None if heads is None else heads.pool(self.dynamics.agent_out(h))
+        return agent.mean(-2) if heads is None else heads.pool(agent)
 
-    def _rollout(self, ctx: KVContext, H: int, plan: Tensor | None, first_action: Tensor | None,
-                 mask_dims: int, task: Tensor, generator, want_instability: bool) -> dict:
-        """Sample H frames autoregressively: K shortcut Euler substeps per frame, each reading
-        the (cached) past; then the finished frame is appended to the past."""
-        cfg, dyn = self.cfg, self.dynamics
-        rows = task.shape[0]
-        K = cfg.sample_steps
-        step_idx = int(math.log2(K))
-        act_mask = torch.zeros(rows, 1, self.action_dim, dtype=torch.bool, device=self.device)
-        act_mask[..., :mask_dims] = True
-        latents, rewards, policy, instability = [], [], [], []
-        suggestion = None if first_action is None else first_action * act_mask[:, 0]
-        for h in range(H):
-            if suggestion is not None:
-                policy.append(suggestion)
-            a = (plan[:, h] if plan is not None else suggestion)[:, None]  # [rows, 1, A]
-            z = torch.randn(rows, 1, dyn.n_spatial, dyn.d_spatial, generator=generator, device=self.device)
-            preds = []
-            for k in range(K):
-                tau_idx = torch.full((rows, 1), k * cfg.k_max // K, device=self.device)
-                step = torch.full((rows, 1), step_idx, device=self.device)
-                x_hat = dyn.predict_clean(ctx.query(dyn.tokens(z, tau_idx, step, a, act_mask, task)))
-                tau = k / K
-                z = z + (x_hat - z) / (1 - tau) / K
-                preds.append(x_hat)
-            if want_instability:
-                moves = [(preds[k] - preds[k - 1]).pow(2).mean((1, 2, 3)).sqrt() for k in range(max(1, K // 2), K)]
-                instability.append(torch.stack(moves).mean(0) if moves else torch.zeros(rows, device=self.device))
-            h_new = ctx.append(self._commit_tokens(z, a, act_mask, task, generator))
-            latents.append(dyn.unpack(z[:, 0]))
-            pooled = self._pool(h_new)
-            if pooled is not None and dyn.heads.reward is not None:
-                rewards.append(dyn.heads.twohot.decode(dyn.heads.reward_logits(pooled)[:, 0, 0]))
-            else:
-                rewards.append(torch.zeros(rows, device=self.device))
-            if pooled is not None and dyn.heads.policy is not None:
-                suggestion = dyn.heads.action(pooled)[:, 0] * act_mask[:, 0]
-        return {"latents": torch.stack(latents, 1), "rewards": torch.stack(rewards, 1),
-                "policy": torch.stack(policy, 1) if policy else None,
-                "instability": torch.stack(instability, 1) if instability else None}
+    def _policy(self, features: Tensor, width: int) -> Tensor | None:
+        """The BC head's action `[..., width]` at features `[..., C]`, or None without one."""
+        return self.dynamics.heads.action(features)[..., :width] if self.has_policy else None
 
+
+@dataclass
+class Dreamer4State(SimState):
+    """`SimState` of a Dreamer-4 rollout: the window of committed frames, the current
+    latent `[R, n_latents, d_bottleneck]` and each row's task embedding row `[R]`."""
+
+    window: RolloutWindow
+    latent_all: Tensor
+    task_rows: Tensor
+
+    def _select_rows(self, rows: Tensor, batch: int) -> "Dreamer4State":
+        return replace(super()._select_rows(rows, batch), window=self.window.select(rows),
+                       latent_all=self.latent_all[rows], task_rows=self.task_rows[rows])

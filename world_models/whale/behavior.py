@@ -77,6 +77,13 @@ class BehaviorModel(nn.Module):
         that led to it `[B, T, A]` (mask all False at the first frame) -> `[B, T, 1 + P, d]`."""
         return self._tokens(self._patches(frames), prev_actions, prev_mask)
 
+    def without_action(self, tokens: Tensor) -> Tensor:
+        """History tokens `[B, T, 1 + P, d]` with every step's action token replaced by "no
+        action" (what the first frame of a training segment holds)."""
+        out = tokens.clone()
+        out[:, :, 0] = self.action_in(tokens.new_zeros(2 * self.cfg.action_dim)) + self.pos[0]
+        return out
+
     # ---- heads -----------------------------------------------------------------------------
     def prior_logits(self, history_out: Tensor) -> Tensor:
         """History encoder outputs `[B, T, 1 + P, d]` -> prior logits `[B, T, C, K]`."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envs import MAX_ACTION_DIM, TASKS
+from envs import MAX_ACTION_DIM
 from world_models.base import preset_config
 
 
@@ -12,7 +12,6 @@ class WhaleConfig:
     # data
     image_size: int = 64
     action_dim: int = MAX_ACTION_DIM     # padded action width
-    num_tasks: int = len(TASKS)          # learned task embeddings
     # VQ tokenizer
     patch: int = 8
     tok_dim: int = 128

@@ -17,7 +17,7 @@ from world_models.whale.config import WhaleConfig
 
 
 class STDynamics(nn.Module):
-    def __init__(self, cfg: WhaleConfig, n_tokens: int, z_dim: int):
+    def __init__(self, cfg: WhaleConfig, n_tokens: int, z_dim: int, num_tasks: int = 1):
         super().__init__()
         self.cfg = cfg
         d, A = cfg.dyn_dim, cfg.action_dim
@@ -25,7 +25,7 @@ class STDynamics(nn.Module):
         self.pos = nn.Parameter(torch.randn(n_tokens, d) * 0.02)
         self.action_in = nn.Sequential(nn.Linear(2 * A, d), nn.SiLU(), nn.Linear(d, d))
         self.z_in = nn.Linear(z_dim, d) if z_dim else None
-        self.task_in = nn.Embedding(cfg.num_tasks, d)
+        self.task_in = nn.Embedding(num_tasks, d)
         self.stack = SpaceTimeStack(d, cfg.dyn_heads, cfg.dyn_depth, cfg.mlp_ratio, causal=True)
         self.out_norm = RMSNorm(d)
         self.out = nn.Linear(d, cfg.num_codes)
@@ -40,7 +40,7 @@ class STDynamics(nn.Module):
             code_vectors: quantised token vectors of each frame `[B, T, N, latent_dim]`.
             actions: the action taken at each frame `[B, T, A]`, with `action_mask [B, T, A]`.
             z: behaviour embedding `[B, T, z_dim]` (None without behaviour conditioning).
-            task: task ids `[B]`.
+            task: task embedding rows `[B]`.
         """
         frame = self.action_in(torch.cat([actions, action_mask.to(actions.dtype)], -1)) + self.task_in(task)[:, None]
         if self.z_in is not None:

@@ -7,7 +7,7 @@ Latents are the quantised token vectors `[B, T, N, latent_dim]`, so generic pred
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
 import torch
@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from envs import task_index
-from world_models.base import (Imagination, WorldModel, check_actions, check_imagine_inputs, context_action_inputs,
-                               previous_actions, to_float_frames)
-from world_models.blocks import KVContext
+from envs import task_spec
+from world_models.base import SimState, Step, WorldModel, previous_actions, to_float_frames
+from world_models.blocks import RolloutWindow
 from world_models.whale.behavior import BehaviorModel
 from world_models.whale.config import WhaleConfig
 from world_models.whale.dynamics import STDynamics
@@ -36,7 +35,12 @@ class Whale(WorldModel):
         self.phases = tuple(cfg.phase_steps)
         self.tokenizer = VQTokenizer(cfg)
         self.behavior = BehaviorModel(cfg) if cfg.behavior_conditioning else None
-        self.dynamics = STDynamics(cfg, self.tokenizer.n_tokens, self.behavior.z_dim if self.behavior else 0)
+        self.dynamics = STDynamics(cfg, self.tokenizer.n_tokens, self.behavior.z_dim if self.behavior else 0,
+                                   num_tasks=len(self.tasks))
+
+    @property
+    def has_reward(self) -> bool:
+        return self.dynamics.reward is not None
 
     def config_dict(self) -> dict:
         return {"name": self.name, "tasks": list(self.tasks), "config": asdict(self.cfg)}
@@ -96,7 +100,7 @@ class Whale(WorldModel):
             if self.behavior is not None:
                 z = self.behavior.embed(frames, *previous_actions(actions, mask, L))[:, :-1]
         x = self.dynamics.tokens(self.tokenizer.vq.lookup(codes[:, :-1]).detach(), actions,
-                                 mask[:, None].expand_as(actions), z, batch["task_id"].to(self.device))
+                                 mask[:, None].expand_as(actions), z, self.batch_task_rows(batch["task_id"]))
         h, _ = self.dynamics(x)
         rewards = self.dynamics.reward_logits(h) if self.dynamics.reward is not None else None
         return self.dynamics.logits(h), rewards, codes[:, 1:]
@@ -111,79 +115,85 @@ class Whale(WorldModel):
         return F.cross_entropy(rearrange(logits[:, -1].float(), "b n k -> b k n"), target[:, -1], reduction="none").mean(1)
 
     # ---- imagination ----------------------------------------------------------------------
-    def task_tensor(self, task: str | None, batch: int) -> Tensor:
-        return torch.full((batch,), task_index(task or self.tasks[0]), dtype=torch.long, device=self.device)
+    @property
+    def max_context(self) -> int:
+        """A frame is predicted from at most `seq_len - 1` frames (itself included) in training."""
+        return max(1, self.cfg.seq_len - 1)
 
     @torch.no_grad()
-    def imagine(self, obs: Tensor, actions: Tensor, *, context_actions: Tensor | None = None,
-                decode: bool = False, seeds: int = 1, signals: tuple[str, ...] = (),
-                task: str | None = None, generator: torch.Generator | None = None,
-                temperature: float | None = None, cached: bool = True) -> Imagination:
-        """See `WorldModel.imagine`. WHALE extras:
-
-        Args:
-            generator: torch generator (on the model's device) for token sampling.
-            temperature: next-token sampling temperature (default `cfg.temperature`; 0 = argmax).
-            cached: reuse keys/values of the past (`False` recomputes it every step).
-
-        The native signal `token_entropy` is the mean predictive entropy (nats, at
-        temperature 1) of the N next-frame tokens. With behaviour conditioning every
-        imagined frame is decoded so that the prior can infer z from it.
-        """
-        obs = check_imagine_inputs(self, obs, signals, seeds)
-        if actions is None:
-            raise ValueError("whale has no policy head: pass actions [B, H, A]")
-        B, T0 = obs.shape[:2]
-        plan = check_actions(actions.to(self.device), self.action_dim)
-        n, H = plan.shape[:2]
-        if n != B and B != 1:
-            raise ValueError(f"actions batch {n} must equal obs batch {B}, or obs batch must be 1")
+    def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
+              seeds: int = 1, generator: torch.Generator | None = None, max_context: int | None = None,
+              cached: bool = True, temperature: float | None = None) -> WhaleState:
+        """See `Simulator.start`. WHALE extras: `temperature` of next-token sampling (default
+        `cfg.temperature`; 0 = argmax); `max_context` frames are kept (default
+        `self.max_context`); `cached=False` recomputes the window at every step (the test
+        reference)."""
+        frames, prev, prev_mask, window = self.start_context(obs, context_actions, seeds, max_context)
         temp = self.cfg.temperature if temperature is None else temperature
-        frames = to_float_frames(obs.to(self.device))
-        prev, prev_mask = context_action_inputs(context_actions, B, T0, self.action_dim, self.device)
-        vectors = self.encode(frames)  # [B, T0, N, D]
-        task_b = self.task_tensor(task, B)
-        z = None
+        if temp < 0:
+            raise ValueError(f"temperature must be >= 0, got {temp}")
+        frames = to_float_frames(frames)
+        B = frames.shape[0]
+        name = self.tasks[self.task_row(task)]
+        rows = torch.full((B,), self.task_row(name), dtype=torch.long, device=self.device)
+        vectors = self.encode(frames)  # [B, W, N, D]
+        z, beh = None, None
         if self.behavior is not None:
-            beh = KVContext(self.behavior.history, cached)
-            z = self.behavior.prior_probs(beh.append(self.behavior.history_tokens(frames, prev, prev_mask)))
-        dyn = KVContext(self.dynamics, cached)
-        if T0 > 1:  # every context frame but the last, with the action taken there
-            dyn.append(self.dynamics.tokens(vectors[:, :-1], prev[:, 1:], prev_mask[:, 1:],
-                                            None if z is None else z[:, :-1], task_b))
-        rows = n * seeds
-        reps = rows // B
-        dyn.repeat(reps)
-        current = vectors[:, -1:].repeat(reps, 1, 1, 1)
-        z_now = None if z is None else z[:, -1:].repeat(reps, 1, 1)
-        if self.behavior is not None:
-            beh.repeat(reps)
-        plan = plan.repeat(seeds, 1, 1)
-        act_mask = torch.zeros(rows, 1, self.action_dim, dtype=torch.bool, device=self.device)
-        act_mask[..., : actions.shape[-1]] = True
-        task_rows = self.task_tensor(task, rows)
-        latents, rewards, entropy = [], [], []
-        for h in range(H):
-            a = plan[:, h: h + 1]
-            out = dyn.append(self.dynamics.tokens(current, a, act_mask, z_now, task_rows))
-            logits = self.dynamics.logits(out)[:, 0].float()  # [rows, N, K]
-            logp = logits.log_softmax(-1)
-            entropy.append(-(logp.exp() * logp).sum(-1).mean(-1))
-            current = self.tokenizer.vq.lookup(self._sample(logits, temp, generator))[:, None]
-            latents.append(current[:, 0])
-            rewards.append(self.dynamics.twohot.decode(self.dynamics.reward_logits(out))[:, 0]
-                           if self.dynamics.reward is not None else torch.zeros(rows, device=self.device))
-            if self.behavior is not None and h < H - 1:
-                frame = self.decode(current)
-                z_now = self.behavior.prior_probs(beh.append(self.behavior.history_tokens(frame, a, act_mask)))
-        lat = rearrange(torch.stack(latents, 1), "(s n) h ... -> s n h ...", s=seeds)
-        result = Imagination(latents=lat[0], rewards=rearrange(torch.stack(rewards, 1), "(s n) h -> s n h", s=seeds).mean(0),
-                             seed_latents=lat if seeds > 1 else None)
+            beh = RolloutWindow(self.behavior.history, self.cfg.seq_len, cached, reset_first=self.behavior.without_action)
+            h, beh = beh.appended(self.behavior.history_tokens(frames, prev, prev_mask))
+            z = self.behavior.prior_probs(h)
+        past = RolloutWindow(self.dynamics, window, cached)
+        if frames.shape[1] > 1:  # every context frame but the last, with the action taken there
+            _, past = past.appended(self.dynamics.tokens(vectors[:, :-1], prev[:, 1:], prev_mask[:, 1:],
+                                                         None if z is None else z[:, :-1], rows))
+        z_now = None if z is None else z[:, -1:]
+        features = self._features(past, vectors[:, -1:], z_now, rows)
+        rep = torch.arange(B, device=self.device).repeat(seeds)
+        return WhaleState(owner=id(self), batch=B, seeds=seeds, task=name, action_width=task_spec(name).action_dim,
+                          features_all=features[rep], policy_all=None, generator=generator, window=past.select(rep),
+                          behavior=None if beh is None else beh.select(rep), current=vectors[:, -1:][rep],
+                          z=None if z_now is None else z_now[rep], task_rows=rows[rep], temperature=temp)
+
+    @torch.no_grad()
+    def step(self, state: WhaleState, actions: Tensor, signals: tuple[str, ...] = (),
+             decode: bool = False) -> tuple[WhaleState, Step]:
+        """See `Simulator.step`: the current frame joins the window with the action taken
+        there; all N tokens of the next frame are sampled in parallel. Native signal:
+        `token_entropy`, the mean predictive entropy (nats, at temperature 1) of those tokens.
+        With behaviour conditioning the new frame is decoded so the prior can infer z from it."""
+        a, mask = self.check_step_actions(state, actions)
+        unknown = set(signals) - set(self.native_signals)
+        if unknown:
+            raise ValueError(f"{self.name} computes {self.native_signals} natively, not {sorted(unknown)}")
+        a, mask = a[:, None], mask[:, None]
+        dyn = self.dynamics
+        h, window = state.window.appended(dyn.tokens(state.current, a, mask, state.z, state.task_rows))
+        logits = dyn.logits(h)[:, 0].float()  # [R, N, K]
+        current = self.tokenizer.vq.lookup(self._sample(logits, state.temperature, state.generator))[:, None]
+        z, beh = state.z, state.behavior
+        if beh is not None:
+            hb, beh = beh.appended(self.behavior.history_tokens(self.decode(current), a, mask))
+            z = self.behavior.prior_probs(hb)
+        features = self._features(window, current, z, state.task_rows)
+        new = replace(state, window=window, behavior=beh, current=current, z=z, features_all=features)
+        S, B = state.seeds, state.batch
+        seed_mean = lambda v: v.view(S, B, *v.shape[1:]).mean(0)  # noqa: E731
+        latent = current[:, 0]
+        reward = seed_mean(dyn.twohot.decode(dyn.reward_logits(h))[:, 0]) if self.has_reward else None
+        out = Step(latent=latent[:B], reward=reward, features=features[:B],
+                   seed_latents=latent.view(S, B, *latent.shape[1:]) if S > 1 else None,
+                   frame=self.decode(current[:B])[:, 0] if decode else None)
         if "token_entropy" in signals:
-            result.signals["token_entropy"] = rearrange(torch.stack(entropy, 1), "(s n) h -> s n h", s=seeds).mean(0)
-        if decode:
-            result.frames = self.decode(lat[0])
-        return result
+            logp = logits.log_softmax(-1)
+            out.signals["token_entropy"] = seed_mean(-(logp.exp() * logp).sum(-1).mean(-1))
+        return new, out
+
+    def _features(self, window: RolloutWindow, current: Tensor, z: Tensor | None, rows: Tensor) -> Tensor:
+        """`[R, dyn_dim]`: the dynamics output at the current frame `[R, 1, N, D]`, read with
+        no action yet and pooled over its tokens."""
+        none = torch.zeros(current.shape[0], 1, self.action_dim, device=current.device)
+        h = window.query(self.dynamics.tokens(current, none, none.bool(), z, rows))
+        return self.dynamics.out_norm(h).mean(2)[:, 0]
 
     def _sample(self, logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
         """Codes `[rows, N]` drawn from `logits [rows, N, K]` at `temperature` (Gumbel-max)."""
@@ -191,3 +201,24 @@ class Whale(WorldModel):
             return logits.argmax(-1)
         u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-9, 1 - 1e-9)
         return (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+
+
+@dataclass
+class WhaleState(SimState):
+    """`SimState` of a WHALE rollout: the dynamics window (past frames with the action taken
+    at each), the behaviour-history window, the current frame's token vectors
+    `[R, 1, N, D]`, its behaviour embedding `[R, 1, z_dim]` (None without conditioning),
+    the task rows `[R]` and the sampling temperature."""
+
+    window: RolloutWindow
+    behavior: RolloutWindow | None
+    current: Tensor
+    z: Tensor | None
+    task_rows: Tensor
+    temperature: float
+
+    def _select_rows(self, rows: Tensor, batch: int) -> "WhaleState":
+        return replace(super()._select_rows(rows, batch), window=self.window.select(rows),
+                       behavior=None if self.behavior is None else self.behavior.select(rows),
+                       current=self.current[rows], z=None if self.z is None else self.z[rows],
+                       task_rows=self.task_rows[rows])
