@@ -6,5 +6,6 @@ All share one loop: `reset(obs)` at the start of an episode, `act()` for the nex
 from agents.bc import BCAgent, RandomAgent
 from agents.context import FrameContext
 from agents.mpc import MPCAgent
+from agents.policy import FeaturePolicyAgent
 
-__all__ = ["BCAgent", "FrameContext", "MPCAgent", "RandomAgent"]
+__all__ = ["BCAgent", "FeaturePolicyAgent", "FrameContext", "MPCAgent", "RandomAgent"]

@@ -78,6 +78,10 @@ class TaskEnv(gym.Env):
         """The low-dimensional state now, `float32 [state_dim]`."""
         return self._state()
 
+    def state_names(self) -> list[str]:
+        """A name per state dimension (`state[i]` unless the backend knows better)."""
+        return [f"state[{i}]" for i in range(self.state_dim)]
+
     # ---- gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None and self._np_random is None:

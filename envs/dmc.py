@@ -43,6 +43,17 @@ class DMCEnv(TaskEnv):
     def state_dim(self) -> int:
         return self._state_dim
 
+    def state_names(self) -> list[str]:
+        """`<observation>/<joint>` where an observation is per joint (position, velocity),
+        else `<observation>[i]`."""
+        physics, names = self._env.physics, []
+        joints = list(physics.named.data.qpos.axes.row.names)
+        for key, spec in self._env.observation_spec().items():
+            n = int(np.prod(spec.shape))
+            per_joint = key in ("position", "velocity") and n == len(joints)
+            names += [f"{key}/{joints[i]}" if per_joint else f"{key}[{i}]" for i in range(n)]
+        return names
+
     def _reset_sim(self, rng: np.random.Generator) -> None:
         self._env.task.random.seed(int(rng.integers(2**31)))
         self._time_step = self._env.reset()

@@ -52,6 +52,9 @@ class ToyReachEnv(TaskEnv):
     def state_dim(self) -> int:
         return 4
 
+    def state_names(self) -> list[str]:
+        return ["x", "y", "goal_x", "goal_y"]
+
     def _reset_sim(self, rng: np.random.Generator) -> None:
         self.pos = rng.uniform(*self.start_box).astype(np.float32)
         self.goal = rng.uniform(*self.goal_box).astype(np.float32)

@@ -11,7 +11,8 @@ from replay import collect
 @entry_point("collect")
 def main(cfg: DictConfig) -> None:
     summary = collect(cfg.task, cfg.behavior, cfg.store, cfg.episodes, num_envs=cfg.num_envs,
-                      size=cfg.size, seed=cfg.seed, expert_dir=cfg.expert_dir, progress=cfg.progress)
+                      size=cfg.size, seed=cfg.seed, expert_dir=cfg.expert_dir,
+                      episode_steps=cfg.episode_steps, progress=cfg.progress)
     print(summary.table())
     print(f"wrote to {cfg.store}/{cfg.task}/")
 

@@ -2,11 +2,15 @@
 
     python experiments/train.py world_model=dreamer4 task=toy-reach preset=tiny
     python experiments/train.py world_model=whale task=toy-reach preset=tiny
+    python experiments/train.py world_model=ensemble task=toy-reach preset=small   # on states
 
 Resumes from `<out>/checkpoint` after a kill. Ends with held-out metrics: recon PSNR,
-8-step rollout PSNR gain over repeating the last frame, and the action-shuffle ratio.
+8-step rollout PSNR gain over repeating the last frame, the action-shuffle ratio and,
+where episodes recorded states, what full-frame PSNR hides — foreground PSNR, the state
+probe's R² and the reward error, for the start phase and the rest (also in TensorBoard).
 `ensemble=K` then trains K more dynamics on the same tokenizer (`<out>/member<k>`), the
-ensemble baseline of `experiments/hallucination.py`.
+ensemble baseline of `experiments/hallucination.py`. `world_model=ensemble` trains the
+state ensemble (PETS/MOPO) on the recorded states instead.
 """
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 import world_models
 from replay import EpisodeStore
 from uncertainty import world_model_quality
+from uncertainty.fidelity import fidelity_report
+from world_models.checkpoint import save_checkpoint
 from world_models.training import TrainConfig, split_episodes, train, train_member
 
 
@@ -35,6 +41,45 @@ def evaluate(model, store, episodes, batch: int, seed: int) -> dict[str, float]:
     return out
 
 
+def fidelity(model, store, train_eps, held_eps, tasks, out: Path, seed: int) -> dict[str, float]:
+    """`fidelity_report` per task whose episodes recorded states, printed and logged."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    results = {}
+    for task in tasks:
+        tr, ho = [e for e in train_eps if e.task == task], [e for e in held_eps if e.task == task]
+        if not tr or not ho or store.load(ho[0]).states is None:
+            continue
+        results.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, ho, task, seed=seed).items()})
+    writer = SummaryWriter(str(out / "tb"))
+    for k, v in results.items():
+        writer.add_scalar(f"fidelity/{k}", v, 0)
+    writer.close()
+    return results
+
+
+def train_state_ensemble(cfg: DictConfig, tasks: list[str], store: EpisodeStore, out: Path) -> None:
+    """`world_model=ensemble`: fit the state ensemble and report held-out one-step errors."""
+    from world_models.ensemble import transitions
+
+    if len(tasks) != 1:
+        raise ValueError("the state ensemble trains on one task")
+    model = world_models.make("ensemble", cfg.preset, tasks=tuple(tasks), **OmegaConf.to_container(cfg.model))
+    train_eps, held_eps = split_episodes(store, tasks, cfg.holdout, cfg.seed)
+    print(f"ensemble/{cfg.preset}: {model.cfg.members} members, {model.cfg.elites} elites, "
+          f"{len(train_eps)} train / {len(held_eps)} held-out episodes -> {out}")
+    info = model.fit(store, train_eps, seed=cfg.seed, progress=cfg.progress)
+    save_checkpoint(out / "checkpoint", model)
+    s, a, _, s2 = transitions(store, held_eps or train_eps, model.cfg.state_dim, model.cfg.action_dim)
+    with torch.no_grad():
+        state, step = model.step(model.start(s, generator=torch.Generator().manual_seed(cfg.seed)), a)
+    for k, v in info.items():
+        print(f"{k:<40}{v:10.4g}")
+    print(f"{'held-out one-step MSE (sampled)':<40}{(step.latent - s2).pow(2).mean().item():10.4g}")
+    print(f"{'held-out repeat-the-state MSE':<40}{(s - s2).pow(2).mean().item():10.4g}")
+    print(f"checkpoint: {out / 'checkpoint'}")
+
+
 @entry_point("train")
 def main(cfg: DictConfig) -> None:
     tasks = [cfg.task] if isinstance(cfg.task, str) else list(cfg.task)
@@ -42,6 +87,9 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"ensemble must be >= 0, got {cfg.ensemble}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if cfg.world_model == "ensemble":
+        out = Path(cfg.out or f"runs/train/ensemble-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
+        return train_state_ensemble(cfg, tasks, EpisodeStore(cfg.store), out)
     model = world_models.make(cfg.world_model, cfg.preset, tasks=tuple(tasks),
                               **OmegaConf.to_container(cfg.model)).to(device)
     mc = model.cfg
@@ -59,9 +107,11 @@ def main(cfg: DictConfig) -> None:
                             weighting=cfg.weighting, seed=cfg.seed, progress=cfg.progress)
     metrics = train(model, store, train_eps, out, train_cfg)
     results = evaluate(model, store, held_eps or train_eps, cfg.eval_batch, cfg.seed)
+    results.update(fidelity(model, store, train_eps, held_eps or train_eps, tasks, out, cfg.seed))
     print(f"{'phase time':<40}" + "  ".join(f"{p} {metrics.get(f'{p}/seconds', 0) / 60:.1f} min" for p in model.phases))
     for k, v in results.items():
         print(f"{k:<40}{v:8.3f}")
+    write_json(out / "quality.json", results)
     print(f"checkpoint: {out / 'checkpoint'}")
     if cfg.ensemble:
         members = []
@@ -71,6 +121,16 @@ def main(cfg: DictConfig) -> None:
             members.append(str(out / f"member{k}" / "checkpoint"))
         print(f"ensemble baseline: python experiments/hallucination.py checkpoint={out / 'checkpoint'} "
               f"task={tasks[0]} \"ensemble=[{','.join(members)}]\"")
+
+
+def write_json(path: Path, values: dict) -> None:
+    """Atomically write `values` as JSON."""
+    import json
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ class CollectSummary:
 
 def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes: int, *,
             num_envs: int = 1, size: int = 64, seed: int = 0, expert_dir: str | Path = DEFAULT_EXPERT_DIR,
-            progress: bool = True, **env_kwargs) -> CollectSummary:
+            episode_steps: int | None = None, progress: bool = True, **env_kwargs) -> CollectSummary:
     """Run `episodes` episodes of `behavior` on `task` and add them to `store`.
+
+    `episode_steps` cuts every episode short (truncated) after that many steps: more and
+    shorter episodes cover more starts for the same frames (on cup-catch, the swing-up).
 
     Environments run in parallel worker processes (`gymnasium.vector.AsyncVectorEnv`)
     when `num_envs > 1`. Episode k is reset with its own seed drawn from `seed`, and its
@@ -53,6 +56,9 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
     spec = envs.task_spec(task)
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    steps = spec.episode_length if episode_steps is None else episode_steps
+    if not 1 <= steps <= spec.episode_length:
+        raise ValueError(f"episode_steps must be in [1, {spec.episode_length}] for {task}, got {episode_steps}")
     store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     expert = None if behavior in ("random", "noop") else make_expert(task, expert_dir)
     behaviors = [make_behavior(behavior, spec.action_dim, expert) for _ in range(num_envs)]
@@ -84,7 +90,7 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
         pending = iter(ep_seeds[next_ep:])
         return [next(pending, None) if m else None for m in mask]
 
-    bar = tqdm(total=episodes * spec.episode_length, unit="frame", desc=f"collect {task}/{behavior}",
+    bar = tqdm(total=episodes * steps, unit="frame", desc=f"collect {task}/{behavior}",
                disable=not progress)
     try:
         everyone = np.ones(num_envs, bool)
@@ -107,7 +113,7 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
                 buf["rewards"].append(reward[i])
                 buf["success"].append(bool(info["success"][i]) if spec.has_success else False)
                 bar.update(1)
-                if terminated[i] or truncated[i]:
+                if terminated[i] or truncated[i] or len(buf["actions"]) == steps:
                     _finish(store, summary, task, behaviors[i].name, ep_seeds[slot[i]], buf,
                             bool(terminated[i]), spec.has_success)
                     ended[i], done = True, done + 1

@@ -36,6 +36,7 @@ class EpisodeStore:
         self.root = Path(root)
         self._loaded: dict[Path, Episode] = {}
         self._bad: set[Path] = set()
+        self._levels: dict[tuple[int, int], np.ndarray] = {}
 
     # ---- writing and listing ------------------------------------------------------------
     def add(self, episode: Episode) -> Path:
@@ -95,15 +96,21 @@ class EpisodeStore:
         Args:
             weighting: ``"frame"``: every window equally likely (long and frequent tasks
                 dominate). ``"task"``: uniform over tasks, then over that task's windows —
-                the coverage-aware sampler.
+                the coverage-aware sampler. ``"reward"``: uniform over tasks, then over the
+                levels of a window's mean reward within the task (`REWARD_LEVELS` equal
+                bins over the task's range), then over the windows of a level — coverage
+                inside a task, where rare outcomes (a ball not yet caught) would
+                otherwise be drowned by common ones.
 
         Returns a dict of tensors, with `L = seq_len` and `A = MAX_ACTION_DIM`:
             frames `uint8 [B, L, 3, H, W]`; actions `float32 [B, L-1, A]` (zero-padded;
             `actions[:, t]` takes frame t to t+1); rewards `float32 [B, L-1]`;
-            action_mask `bool [B, A]`; task_id `long [B]` (`envs.task_index`).
+            action_mask `bool [B, A]`; task_id `long [B]` (`envs.task_index`); and
+            states `float32 [B, L, S]` when every episode recorded states of one size
+            (for state-based models and measurements; pixel models never read them).
         """
-        if weighting not in ("frame", "task"):
-            raise ValueError(f"weighting must be 'frame' or 'task', got {weighting!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         if seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (frames per window), got {seq_len}")
         rng = rng if rng is not None else np.random.default_rng()
@@ -114,6 +121,8 @@ class EpisodeStore:
             raise ValueError(f"no episode in {self.root} (task={task}, behavior={behavior}) "
                              f"has {seq_len} frames or more")
         n_windows = np.array([len(ep.frames) - seq_len + 1 for ep in pool], np.float64)
+        if weighting == "reward":
+            return self._sample_by_reward(pool, batch, seq_len, rng)
         if weighting == "frame":
             p = n_windows / n_windows.sum()
         else:
@@ -123,6 +132,37 @@ class EpisodeStore:
         picks = rng.choice(len(pool), size=batch, p=p)
         starts = [int(rng.integers(n_windows[i])) for i in picks]
         return collate([pool[i] for i in picks], starts, seq_len)
+
+
+    def _sample_by_reward(self, pool: list[Episode], batch: int, seq_len: int,
+                          rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """`sample(weighting="reward")`: tasks uniform, then reward levels, then windows."""
+        levels = [self._window_rewards(ep, seq_len) for ep in pool]
+        episode = np.concatenate([np.full(len(v), i) for i, v in enumerate(levels)])
+        start = np.concatenate([np.arange(len(v)) for v in levels])
+        mean = np.concatenate(levels)
+        tasks = np.array([ep.task for ep in pool])[episode]
+        p = np.zeros(len(mean))
+        for t in set(tasks):
+            in_task = tasks == t
+            lo, hi = mean[in_task].min(), mean[in_task].max()
+            bins = np.minimum(((mean[in_task] - lo) / max(hi - lo, 1e-8) * REWARD_LEVELS).astype(int), REWARD_LEVELS - 1)
+            count = np.bincount(bins)
+            p[in_task] = 1.0 / (count[bins] * (count > 0).sum())
+        picks = rng.choice(len(mean), size=batch, p=p / p.sum())
+        return collate([pool[episode[i]] for i in picks], [int(start[i]) for i in picks], seq_len)
+
+    def _window_rewards(self, ep: Episode, seq_len: int) -> np.ndarray:
+        """Mean reward of every window of `seq_len` frames of `ep` (cached)."""
+        key = (id(ep), seq_len)
+        if key not in self._levels:
+            c = np.concatenate([[0.0], np.cumsum(ep.rewards, dtype=np.float64)])
+            self._levels[key] = (c[seq_len - 1:] - c[: len(c) - seq_len + 1]) / (seq_len - 1)
+        return self._levels[key]
+
+
+WEIGHTINGS = ("frame", "task", "reward")
+REWARD_LEVELS = 10
 
 
 def _listing_key(path: Path) -> tuple[str, str, int, str]:
@@ -145,13 +185,16 @@ def collate(episodes: list[Episode], starts: list[int], seq_len: int) -> dict[st
         A = ep.actions.shape[1]
         actions[b, :, :A] = ep.actions[s:s + seq_len - 1]
         mask[b, :A] = True
-    return {
+    batch = {
         "frames": torch.from_numpy(np.stack([ep.frames[s:s + seq_len] for ep, s in zip(episodes, starts)])),
         "actions": torch.from_numpy(actions),
         "rewards": torch.from_numpy(np.stack([ep.rewards[s:s + seq_len - 1] for ep, s in zip(episodes, starts)])),
         "action_mask": torch.from_numpy(mask),
         "task_id": torch.tensor([task_index(ep.task) for ep in episodes], dtype=torch.long),
     }
+    if all(ep.states is not None for ep in episodes) and len({ep.states.shape[1] for ep in episodes}) == 1:
+        batch["states"] = torch.from_numpy(np.stack([ep.states[s:s + seq_len] for ep, s in zip(episodes, starts)]))
+    return batch
 
 
 class EpisodeDataset(torch.utils.data.IterableDataset):

@@ -4,11 +4,11 @@ from uncertainty.baselines import KNNDistance, ensemble_disagreement
 from uncertainty.metrics import (action_shuffle_ratio, auroc, lpips, mse, psnr, recon_psnr, rollout_mse,
                                  rollout_psnr_gain, spearman, ssim, world_model_quality)
 from uncertainty.penalties import curiosity_reward, penalized_reward
-from uncertainty.predictors import (PREDICTORS, MotionStats, RunningMotion, hallucination_signals,
+from uncertainty.predictors import (PREDICTORS, MotionStats, RunningMotion, StepPenalty, hallucination_signals,
                                     latent_motion, round_trip_residual, seed_variance, signal)
 from uncertainty.retracing import RetracingResult, retracing_actions, retracing_uncertainty
 
-__all__ = ["KNNDistance", "MotionStats", "PREDICTORS", "RetracingResult", "RunningMotion", "action_shuffle_ratio",
+__all__ = ["KNNDistance", "MotionStats", "PREDICTORS", "RetracingResult", "RunningMotion", "StepPenalty", "action_shuffle_ratio",
            "auroc", "curiosity_reward", "ensemble_disagreement", "hallucination_signals", "latent_motion", "lpips",
            "mse", "penalized_reward", "psnr", "recon_psnr", "retracing_actions", "retracing_uncertainty",
            "rollout_mse", "rollout_psnr_gain", "round_trip_residual", "seed_variance", "signal", "spearman", "ssim",

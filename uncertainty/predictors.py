@@ -23,7 +23,7 @@ from torch import Tensor
 
 from envs import TASKS
 from replay import EpisodeInfo, EpisodeStore
-from world_models.base import Imagination, WorldModel
+from world_models.base import Imagination, Simulator, Step, WorldModel
 
 PREDICTORS = ("u_r", "u_f", "u_s")
 
@@ -147,6 +147,31 @@ def signal(name: str, model: WorldModel, im: Imagination) -> Tensor:
         raise ValueError(f"signal {name!r} was not computed; {model.name} offers {known} "
                          "(native ones must be asked for in imagine(signals=...))")
     return im.signals[native]
+
+
+class StepPenalty:
+    """The `Penalty` of imagined environments (`world_models.imagined`): a per-step
+    uncertainty `u [B]` of a `Step` by name — `u_r`, `u_s`, `u_f` or a native signal —
+    divided by the scene motion of `task` when `motion` is given."""
+
+    def __init__(self, name: str, model: Simulator, *, motion: MotionStats | RunningMotion | None = None,
+                 task: str | None = None):
+        native = tuple(getattr(model, "native_signals", ()))
+        known = ["u_r", "u_s", *native, *(["u_f"] if "flow_instability" in native else [])]
+        if name not in known:
+            raise ValueError(f"{model.name} offers the signals {known}, not {name!r}")
+        self.name, self.model, self.motion, self.task = name, model, motion, task
+        as_native = "flow_instability" if name == "u_f" else name
+        self.signals = (as_native,) if as_native in native else ()
+        self.seeds = 2 if name == "u_s" else 1
+
+    @torch.no_grad()
+    def __call__(self, out: Step) -> Tensor:
+        im = Imagination(latents=out.latent[:, None], rewards=None,
+                         signals={k: v[:, None] for k, v in out.signals.items()},
+                         seed_latents=None if out.seed_latents is None else out.seed_latents[:, :, None])
+        u = signal(self.name, self.model, im)[:, 0]
+        return u if self.motion is None else self.motion.normalise(u, self.task)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from pathlib import Path
 from world_models.base import Imagination, Policy, SimState, Simulator, Step, WorldModel
 from world_models.checkpoint import find_checkpoint, load_weights, read_config
 
-MODELS = ("dreamer4", "whale")
+MODELS = ("dreamer4", "whale", "ensemble")
 
 
 def _family(name: str):
@@ -23,21 +23,29 @@ def _family(name: str):
     if name == "whale":
         from world_models.whale import Whale, WhaleConfig, make_config
         return Whale, WhaleConfig, make_config
+    if name == "ensemble":
+        from world_models.ensemble import Ensemble, EnsembleConfig, make_config
+        return Ensemble, EnsembleConfig, make_config
     raise ValueError(f"unknown world model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def make(name: str, preset: str = "small", *, tasks: tuple[str, ...] = ("toy-reach",),
-         action_dim: int | None = None, image_size: int | None = None, **overrides) -> WorldModel:
-    """Build an untrained world model from a preset, with config overrides."""
+         action_dim: int | None = None, image_size: int | None = None, **overrides) -> Simulator:
+    """Build an untrained world model from a preset, with config overrides. The state
+    ensemble takes its state and action sizes from the first task unless given."""
     if action_dim is not None:
         overrides["action_dim"] = action_dim
     if image_size is not None:
         overrides["image_size"] = image_size
+    if name == "ensemble":
+        import envs
+        overrides.setdefault("state_dim", envs.make(tasks[0], obs="state").state_dim)
+        overrides.setdefault("action_dim", envs.task_spec(tasks[0]).action_dim)
     model_cls, _, make_config = _family(name)
     return model_cls(make_config(preset, **overrides), tasks=tuple(tasks))
 
 
-def load(path: str | Path, device: str = "cpu") -> WorldModel:
+def load(path: str | Path, device: str = "cpu") -> Simulator:
     """Rebuild a saved model from its JSON config and safetensors weights."""
     folder = find_checkpoint(path)
     if folder is None:

@@ -149,6 +149,10 @@ class Simulator(ABC):
         return False
 
     @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
     def has_reward(self) -> bool:
         """True when the model predicts rewards (else `Step.reward` is None)."""
         return True

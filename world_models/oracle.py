@@ -43,10 +43,6 @@ class Oracle(Simulator):
         self.sim = envs.make(env.task.name, obs="state", size=env.size)
         self.sim.reset(seed=0)
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
               seeds: int = 1, generator: torch.Generator | None = None) -> OracleState:
         """The live environment's state now, once per row of `obs` (`[B, ...]`). The simulator

@@ -29,7 +29,7 @@ class TrainConfig:
     seq_len: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.01
-    weighting: str = "frame"        # "task": coverage-aware, uniform over tasks
+    weighting: str = "frame"        # "task" | "reward": coverage-aware (see EpisodeStore.sample)
     ckpt_every: int = 500
     log_every: int = 25
     image_every: int = 250

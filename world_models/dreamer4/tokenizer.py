@@ -105,14 +105,21 @@ class Tokenizer(nn.Module):
     def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """MAE loss on frames `[B, 3, H, W]` in [0, 1]: pixel MSE (+ LPIPS when available) on
         the masked patches (or on all of them, `mae_loss="all"`), each term divided by its
-        running RMS."""
+        running RMS. With `fg_weight > 0` a pixel's error counts `1 + fg_weight` times where
+        the frame differs from the running mean frame by more than `fg_threshold` (the
+        moving objects), so a few-pixel object is not drowned by the background."""
         self._track_mean(frames)
         mask = self.draw_patch_mask(len(frames))
         recon = self.decode(self.encode(frames, mask))
-        err = (patchify(recon, self.cfg.patch) - patchify(frames, self.cfg.patch)).pow(2).mean(-1)
+        pixel_err = (recon - frames).pow(2)
+        if self.cfg.fg_weight > 0:
+            moving = (frames - self.frame_mean).abs().amax(1, keepdim=True) > self.cfg.fg_threshold
+            pixel_err = pixel_err * (1 + self.cfg.fg_weight * moving)
+        err = patchify(pixel_err, self.cfg.patch).mean(-1)
         mse = (err * mask).sum() / mask.sum() if self.cfg.mae_loss == "masked" else err.mean()
         total = self.mse_rms(mse)
-        metrics = {"tok/mse": mse.item(), "tok/psnr": psnr_from_mse(mse).item()}
+        plain = (recon.detach() - frames).pow(2).mean()
+        metrics = {"tok/mse": plain.item(), "tok/psnr": psnr_from_mse(plain).item()}
         lp = lpips_net(frames.device) if self.cfg.lpips_weight > 0 else None
         if lp is not None:
             lpips = lp(recon.clamp(0, 1) * 2 - 1, frames * 2 - 1).mean()

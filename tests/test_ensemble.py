@@ -1,0 +1,88 @@
+"""The state ensemble (PETS/MOPO): better one-step predictions than one MLP or repeating
+the state, and `max_std` that rises where the data never went."""
+import numpy as np
+import pytest
+import torch
+
+import world_models
+from replay import EpisodeStore, collect
+from world_models.checkpoint import save_checkpoint
+from world_models.ensemble import transitions
+
+LEFT = dict(start_box=((-0.8, -0.8), (-0.1, 0.8)), goal_box=((-0.8, -0.8), (-0.1, 0.8)))
+RIGHT = dict(start_box=((0.1, -0.8), (0.8, 0.8)), goal_box=((0.1, -0.8), (0.8, 0.8)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensemble")
+    stores = {k: EpisodeStore(root / k) for k in ("train", "left", "right")}
+    collect("toy-reach", "mixed", stores["train"], 200, size=8, seed=0, progress=False, **LEFT)
+    collect("toy-reach", "mixed", stores["left"], 20, size=8, seed=7, progress=False, **LEFT)
+    collect("toy-reach", "mixed", stores["right"], 20, size=8, seed=7, progress=False, **RIGHT)
+    return stores
+
+
+def fitted(stores, **overrides):
+    torch.manual_seed(0)
+    model = world_models.make("ensemble", "tiny", tasks=("toy-reach",), **overrides)
+    model.fit(stores["train"], stores["train"].episodes(), progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ensemble(data):
+    return fitted(data)
+
+
+def one_step_error(model, store):
+    s, a, r, s2 = transitions(store, store.episodes(), 4, 2)
+    state = model.start(s, task="toy-reach", generator=torch.Generator().manual_seed(0))
+    mean, _ = model(s, a)
+    pred = s + (mean[model.elite_idx].mean(0) * model.out_std + model.out_mean)[:, :-1]
+    return (pred - s2).pow(2).mean().item(), (s - s2).pow(2).mean().item(), state
+
+
+def test_ensemble_beats_one_mlp_and_repeating_the_state(data, ensemble):
+    # when written: ensemble 2.86e-05, single MLP 2.92e-05, repeat 1.89e-03 (toy-reach is
+    # nearly deterministic and linear, so the ensemble gains little over one member)
+    single = fitted(data, members=1, elites=1)
+    err, repeat, _ = one_step_error(ensemble, data["left"])
+    err_single, _, _ = one_step_error(single, data["left"])
+    print(f"held-out one-step MSE: ensemble {err:.2e}, single MLP {err_single:.2e}, repeat state {repeat:.2e}")
+    assert err < err_single and err < repeat / 10
+
+
+def test_max_std_flags_the_uncovered_half(data, ensemble, tmp_path):
+    # when written, right/left: max_std 1.82, disagreement 4.9 (200 epochs; at 60 epochs the
+    # variances had not settled and max_std was 0.77)
+    model = ensemble
+    u = {}
+    for half in ("left", "right"):
+        s, a, _, _ = transitions(data[half], data[half].episodes(), 4, 2)
+        _, out = model.step(model.start(s, generator=torch.Generator().manual_seed(0)), a,
+                            signals=("max_std", "disagreement"))
+        u[half] = {k: v.mean().item() for k, v in out.signals.items()}
+    print(f"max_std left {u['left']['max_std']:.4f} right {u['right']['max_std']:.4f}; "
+          f"disagreement left {u['left']['disagreement']:.4f} right {u['right']['disagreement']:.4f}")
+    assert u["right"]["max_std"] > 1.3 * u["left"]["max_std"]
+    assert u["right"]["disagreement"] > 2 * u["left"]["disagreement"]
+    save_checkpoint(tmp_path / "ckpt", model)  # checkpointed and reloaded like the pixel models
+    loaded = world_models.load(tmp_path / "ckpt")
+    s = torch.zeros(3, 4)
+    torch.testing.assert_close(loaded(s, torch.zeros(3, 2))[0], model(s, torch.zeros(3, 2))[0])
+    assert loaded.elite_idx.tolist() == model.elite_idx.tolist()
+
+
+def test_ensemble_rollouts_and_bad_input(data):
+    model = world_models.make("ensemble", "tiny", tasks=("toy-reach",))
+    im = model.imagine(torch.zeros(2, 4), torch.zeros(2, 5, 2), signals=("max_std",), seeds=2)
+    assert im.latents.shape == (2, 5, 4) and im.rewards.shape == (2, 5) and im.features.shape == (2, 5, 4)
+    assert im.seed_latents.shape == (2, 2, 5, 4) and im.signals["max_std"].shape == (2, 5)
+    with pytest.raises(ValueError, match="starts from states"):
+        model.start(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="natively"):
+        model.imagine(torch.zeros(1, 4), torch.zeros(1, 2, 2), signals=("u_f",))
+    with pytest.raises(ValueError, match="no frames"):
+        model.imagine(torch.zeros(1, 4), torch.zeros(1, 2, 2), decode=True)
+    assert np.isfinite(im.rewards.numpy()).all()

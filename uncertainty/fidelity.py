@@ -1,0 +1,195 @@
+"""What full-frame PSNR hides: world-model metrics that look at the objects.
+
+A few-pixel object (cup-catch's ball) can vanish from a model's frames while full-frame
+PSNR stays at 30 dB. These metrics look where things move and at what the model knows:
+
+- foreground PSNR: PSNR over the pixels that differ from their episode's median frame
+  (in the real or in the model's frame), next to full-frame PSNR;
+- a state probe: a ridge regression from the model's features, read with a context so
+  that velocities can be read, to the recorded low-dimensional states, scored by R² per
+  state dimension on held-out episodes. States are for measuring only: no loss of a pixel
+  model reads them, or the probe would measure nothing;
+- reward error: the imagined reward against the recorded one along the recorded actions.
+
+`fidelity_report` gives each for the start phase of episodes (windows whose last context
+frame comes before `start_steps`) and for the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import envs
+from replay import EpisodeInfo, EpisodeStore
+from world_models.base import WorldModel, psnr_from_mse, to_float_frames
+
+PHASES = ("start", "rest")
+
+
+@dataclass
+class Windows:
+    """Windows of `L` frames cut from episodes, with what the metrics need.
+
+    frames `uint8 [B, L, 3, H, W]`; actions `[B, L-1, A]`; rewards `[B, L-1]`;
+    states `[B, L, S]`; start `[B]` (index of frame 0 in its episode); background
+    `uint8 [B, 3, H, W]` (the median frame of the window's episode).
+    """
+
+    frames: Tensor
+    actions: Tensor
+    rewards: Tensor
+    states: Tensor
+    start: Tensor
+    background: Tensor
+
+
+class WindowSampler:
+    """Draws windows of `context + horizon` frames from episodes by phase: `"start"` when
+    the last context frame comes before step `start_steps`, `"rest"` otherwise."""
+
+    def __init__(self, store: EpisodeStore, episodes: list[EpisodeInfo], *, context: int, horizon: int,
+                 start_steps: int = 50):
+        self.eps = [ep for ep in map(store.load, episodes) if ep is not None and ep.states is not None
+                    and len(ep.frames) >= context + horizon]
+        if not self.eps:
+            raise ValueError(f"no episode with recorded states and {context + horizon} frames among {len(episodes)}")
+        self.context, self.horizon, self.start_steps = context, horizon, start_steps
+        self._background: dict[int, np.ndarray] = {}
+
+    def background(self, i: int) -> np.ndarray:
+        if i not in self._background:
+            self._background[i] = np.median(self.eps[i].frames, axis=0).astype(np.uint8)
+        return self._background[i]
+
+    def sample(self, n: int, phase: str | None, rng: np.random.Generator) -> Windows:
+        """`n` windows of `phase` (None: any), uniform over the allowed window starts."""
+        first_last = self.context - 1  # the earliest index of the last context frame
+        ranges = []
+        for ep in self.eps:
+            hi = len(ep.frames) - self.horizon  # exclusive bound on the last context frame
+            lo, hi = {"start": (first_last, min(hi, self.start_steps)), "rest": (max(first_last, self.start_steps), hi),
+                      None: (first_last, hi)}[phase]
+            ranges.append((lo, hi))
+        sizes = np.array([max(0, hi - lo) for lo, hi in ranges], np.float64)
+        if sizes.sum() == 0:
+            raise ValueError(f"no window of phase {phase!r} fits these episodes")
+        picks = rng.choice(len(self.eps), size=n, p=sizes / sizes.sum())
+        starts = [int(rng.integers(*ranges[i])) - first_last for i in picks]
+        L = self.context + self.horizon
+        cut = lambda key, extra: np.stack([getattr(self.eps[i], key)[s: s + L + extra] for i, s in zip(picks, starts)])  # noqa: E731
+        return Windows(frames=torch.from_numpy(cut("frames", 0)), actions=torch.from_numpy(cut("actions", -1)),
+                       rewards=torch.from_numpy(cut("rewards", -1)), states=torch.from_numpy(cut("states", 0)),
+                       start=torch.tensor(starts), background=torch.from_numpy(np.stack([self.background(i) for i in picks])))
+
+
+def foreground_mask(frames: Tensor, background: Tensor, threshold: float = 0.1) -> Tensor:
+    """`bool [..., H, W]`: pixels of `frames [..., 3, H, W]` that differ from `background`
+    (broadcastable) by more than `threshold` in some channel (frames in [0, 1] or uint8)."""
+    return (to_float_frames(frames) - to_float_frames(background)).abs().amax(-3) > threshold
+
+
+def foreground_psnr(pred: Tensor, real: Tensor, background: Tensor, threshold: float = 0.1) -> float:
+    """PSNR (dB) over the pixels that are foreground in the real or the predicted frame,
+    pooled over every frame of `pred`/`real [..., 3, H, W]`; nan when nothing moves."""
+    mask = foreground_mask(real, background, threshold) | foreground_mask(pred, background, threshold)
+    if not mask.any():
+        return float("nan")
+    err = (to_float_frames(pred) - to_float_frames(real)).pow(2).mean(-3)
+    return psnr_from_mse(err[mask].mean()).item()
+
+
+class StateProbe:
+    """Ridge regression from features `[N, F]` to states `[N, S]` on standardised features."""
+
+    def __init__(self, ridge: float = 1e-2):
+        self.ridge = ridge
+
+    def fit(self, features: Tensor, states: Tensor) -> "StateProbe":
+        x, y = features.double(), states.double()
+        self.x_mean, self.x_std = x.mean(0), x.std(0).clamp(min=1e-6)
+        self.y_mean = y.mean(0)
+        xs = (x - self.x_mean) / self.x_std
+        gram = xs.T @ xs + self.ridge * len(xs) * torch.eye(xs.shape[1], dtype=xs.dtype)
+        self.weight = torch.linalg.solve(gram, xs.T @ (y - self.y_mean))
+        return self
+
+    def predict(self, features: Tensor) -> Tensor:
+        return ((features.double() - self.x_mean) / self.x_std) @ self.weight + self.y_mean
+
+    def r2(self, features: Tensor, states: Tensor) -> Tensor:
+        """`[S]` coefficient of determination per state dimension."""
+        y = states.double()
+        res = (y - self.predict(features)).pow(2).sum(0)
+        tot = (y - y.mean(0)).pow(2).sum(0).clamp(min=1e-12)
+        return (1 - res / tot).float()
+
+
+@torch.no_grad()
+def window_features(model: WorldModel, w: Windows, context: int, task: str, batch: int = 64) -> Tensor:
+    """Features `[B, F]` of each window's last context frame, read with the `context`
+    frames up to it (and the actions between them)."""
+    out = []
+    for i in range(0, len(w.frames), batch):
+        frames = w.frames[i: i + batch, :context].to(model.device)
+        acts = w.actions[i: i + batch, : context - 1].to(model.device) if context > 1 else None
+        out.append(model.features(frames, acts, task=task).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rollout_report(model: WorldModel, w: Windows, context: int, task: str, seed: int = 0,
+                   batch: int = 32) -> dict[str, float]:
+    """Recon and rollout PSNR, full-frame and foreground, and the reward error of `horizon`
+    imagined steps along the recorded actions from each window's context."""
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    recon, imagined, rewards = [], [], []
+    for i in range(0, len(w.frames), batch):
+        frames = w.frames[i: i + batch].to(model.device)
+        acts = w.actions[i: i + batch].to(model.device)
+        recon.append(model.decode(model.encode(frames[:, context - 1: context])).cpu())
+        im = model.imagine(frames[:, :context], acts[:, context - 1:], context_actions=acts[:, : context - 1]
+                           if context > 1 else None, decode=True, task=task, generator=gen)
+        imagined.append(im.frames.cpu())
+        if im.rewards is not None:
+            rewards.append(im.rewards.cpu())
+    recon, imagined = torch.cat(recon), torch.cat(imagined)
+    real_now, real_next = w.frames[:, context - 1: context], w.frames[:, context:]
+    bg = w.background[:, None]
+    full = lambda p, r: psnr_from_mse((p - to_float_frames(r)).pow(2).mean()).item()  # noqa: E731
+    out = {"recon_psnr": full(recon, real_now), "recon_fg_psnr": foreground_psnr(recon, real_now, bg),
+           "rollout_psnr": full(imagined, real_next), "rollout_fg_psnr": foreground_psnr(imagined, real_next, bg),
+           "repeat_fg_psnr": foreground_psnr(real_now.expand_as(real_next), real_next, bg)}
+    if rewards:
+        err = torch.cat(rewards) - w.rewards[:, context - 1:]
+        out["reward_mae"] = err.abs().mean().item()
+        out["reward_bias"] = err.mean().item()
+    return out
+
+
+def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeInfo], held: list[EpisodeInfo],
+                    task: str, *, windows: int = 128, probe_windows: int = 1024, horizon: int = 8,
+                    context: int | None = None, start_steps: int = 50, seed: int = 0) -> dict[str, float]:
+    """Per phase (`start`, `rest`): recon / rollout PSNR and foreground PSNR, reward error,
+    and the state probe's R² per named state dimension (`<phase>/probe_r2/<name>`), fitted
+    on `train` episodes and scored on `held` ones. Phases with no window are left out."""
+    context = context or model.max_context
+    names = envs.make(task, obs="state").state_names()
+    rng = np.random.default_rng(seed)
+    fit = WindowSampler(store, train, context=context, horizon=horizon, start_steps=start_steps).sample(
+        probe_windows, None, rng)
+    last = context - 1
+    probe = StateProbe().fit(window_features(model, fit, context, task), fit.states[:, last])
+    sampler = WindowSampler(store, held, context=context, horizon=horizon, start_steps=start_steps)
+    out = {}
+    for phase in PHASES:
+        try:
+            w = sampler.sample(windows, phase, rng)
+        except ValueError:
+            continue
+        out.update({f"{phase}/{k}": v for k, v in rollout_report(model, w, context, task, seed).items()})
+        r2 = probe.r2(window_features(model, w, context, task), w.states[:, last])
+        out.update({f"{phase}/probe_r2/{n}": v for n, v in zip(names, r2.tolist())})
+    return out
