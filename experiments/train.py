@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import world_models
 from replay import EpisodeStore
 from uncertainty import world_model_quality
-from uncertainty.fidelity import fidelity_report
+from uncertainty.fidelity import fidelity_report, start_rollout_image, zero_action_starts
 from world_models.checkpoint import save_checkpoint
 from world_models.training import TrainConfig, split_episodes, train, train_member
 
@@ -42,7 +42,10 @@ def evaluate(model, store, episodes, batch: int, seed: int) -> dict[str, float]:
 
 
 def fidelity(model, store, train_eps, held_eps, tasks, out: Path, seed: int) -> dict[str, float]:
-    """`fidelity_report` per task whose episodes recorded states, printed and logged."""
+    """`fidelity_report` per task whose episodes recorded states, and the zero-action start
+    check with its picture (`<out>/<task>_zero_action_start.png`: real, reconstructed and
+    imagined rows), printed and logged."""
+    import imageio.v2 as imageio
     from torch.utils.tensorboard import SummaryWriter
 
     results = {}
@@ -51,6 +54,12 @@ def fidelity(model, store, train_eps, held_eps, tasks, out: Path, seed: int) -> 
         if not tr or not ho or store.load(ho[0]).states is None:
             continue
         results.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, ho, task, seed=seed).items()})
+        starts = zero_action_starts(model, task, seed=10_000 + seed)
+        if starts.imagined_rewards is not None:
+            results[f"{task}/zero_action_start/real_reward"] = starts.real_rewards.mean().item()
+            results[f"{task}/zero_action_start/imagined_reward"] = starts.imagined_rewards.mean().item()
+        image = np.kron(start_rollout_image(starts), np.ones((3, 3, 1), np.uint8))
+        imageio.imwrite(out / f"{task}_zero_action_start.png", image)
     writer = SummaryWriter(str(out / "tb"))
     for k, v in results.items():
         writer.add_scalar(f"fidelity/{k}", v, 0)

@@ -193,3 +193,60 @@ def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeI
         r2 = probe.r2(window_features(model, w, context, task), w.states[:, last])
         out.update({f"{phase}/probe_r2/{n}": v for n, v in zip(names, r2.tolist())})
     return out
+
+
+@dataclass
+class StartRollout:
+    """Real episodes from `reset` under zero actions next to the model's version of them.
+
+    real, recon, imagined: `[N, H, 3, h, w]` in [0, 1] — the real frames after the context,
+    their tokenizer round trips, and what the model imagines from the context;
+    real_rewards, imagined_rewards: `[N, H]`.
+    """
+
+    real: Tensor
+    recon: Tensor
+    imagined: Tensor
+    real_rewards: Tensor
+    imagined_rewards: Tensor | None
+
+
+@torch.no_grad()
+def zero_action_starts(model: WorldModel, task: str, *, episodes: int = 8, context: int | None = None,
+                       horizon: int = 16, seed: int = 0) -> StartRollout:
+    """From `episodes` fresh starts of `task` (env seeds `seed`, `seed + 1`, ...), hold zero
+    actions: the model sees the first `context` real frames and imagines the next `horizon`
+    (on cup-catch: the ball falls and hangs below the cup, where the reward is 0)."""
+    context = context or model.max_context
+    size = model.cfg.image_size
+    env = envs.make(task, obs="pixels", size=size, seed=seed)
+    zero = np.zeros(env.action_space.shape, np.float32)
+    frames, rewards = [], []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        ep, rew = [obs], []
+        for _ in range(context - 1 + horizon):
+            obs, r, *_ = env.step(zero)
+            ep.append(obs)
+            rew.append(r)
+        frames.append(np.stack(ep))
+        rewards.append(rew)
+    env.close()
+    frames = torch.from_numpy(np.stack(frames)).to(model.device)
+    rewards = torch.tensor(rewards, dtype=torch.float32)[:, context - 1:]
+    plans = torch.zeros(episodes, horizon, len(zero), device=model.device)
+    ctx_actions = torch.zeros(episodes, context - 1, len(zero), device=model.device) if context > 1 else None
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    im = model.imagine(frames[:, :context], plans, context_actions=ctx_actions, decode=True, task=task, generator=gen)
+    real = to_float_frames(frames[:, context:]).cpu()
+    return StartRollout(real=real, recon=model.decode(model.encode(frames[:, context:])).cpu(),
+                        imagined=im.frames.cpu(), real_rewards=rewards,
+                        imagined_rewards=None if im.rewards is None else im.rewards.cpu())
+
+
+def start_rollout_image(r: StartRollout, episode: int = 0, every: int = 2) -> np.ndarray:
+    """`uint8 [3h, T w, 3]`: real, reconstructed and imagined rows of one start, every
+    `every`-th step (for a PNG)."""
+    rows = [x[episode, ::every] for x in (r.real, r.recon, r.imagined)]
+    grid = torch.cat([torch.cat(list(row), -1) for row in rows], -2)  # [3, 3h, T w]
+    return (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

@@ -198,19 +198,24 @@ class RolloutWindow:
     `window` steps `[R, W, N, C]` and, when `cached`, every layer's keys/values for them.
 
     It is immutable: `appended` returns a new window, so a rollout state can be branched
-    and stepped without touching the one it came from. When a step pushes the oldest one
-    out, the window is recomputed from its tokens after `reset_first` rewrites the new first
-    step's tokens: the model then reads exactly what it read in training, where a window
-    starts with no past (for example, no action that led to its first frame). The cost per
-    step stays flat however long the rollout. `cached=False` keeps only the tokens and
+    and stepped without touching the one it came from. When a step would overflow a full
+    window, its oldest `slide` steps leave at once and the rest is recomputed from its
+    tokens after `reset_first` rewrites the new first step's tokens: the model then reads
+    exactly what it read in training, where a window starts with no past (for example, no
+    action that led to its first frame). Between slides steps are appended to the cache,
+    so with `slide = window // 2` a step costs about one extra step's pass on average and
+    the cost stays flat however long the rollout. `cached=False` keeps only the tokens and
     recomputes the window at every query (the reference the cache is tested against).
     """
 
     def __init__(self, stack: nn.Module, window: int, cached: bool = True,
-                 reset_first: Callable[[Tensor], Tensor] | None = None):
+                 reset_first: Callable[[Tensor], Tensor] | None = None, slide: int | None = None):
         if window < 1:
             raise ValueError(f"a rollout window holds at least 1 step, got {window}")
         self.stack, self.window, self.cached, self.reset_first = stack, window, cached, reset_first
+        self.slide = max(1, window // 2) if slide is None else slide
+        if not 1 <= self.slide <= window:
+            raise ValueError(f"slide must be in [1, window={window}], got {slide}")
         self.tokens: Tensor | None = None
         self.kv: list[KV] | None = None
 
@@ -242,11 +247,12 @@ class RolloutWindow:
             if self.kv is not None:
                 kv = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(self.kv, kv)]
             return h, self._with(tokens, kv)
-        tokens = torch.cat([x] if self.tokens is None else [self.tokens, x], 1)[:, -self.window:]
+        keep = min(self.window, max(self.window - self.slide, x.shape[1]))
+        tokens = torch.cat([x] if self.tokens is None else [self.tokens, x], 1)[:, -keep:]
         if self.reset_first is not None:
             tokens = torch.cat([self.reset_first(tokens[:, :1]), tokens[:, 1:]], 1)
         h, kv = self.stack(tokens)
-        return h[:, -min(x.shape[1], self.window):], self._with(tokens, kv if self.cached else None)
+        return h[:, -min(x.shape[1], keep):], self._with(tokens, kv if self.cached else None)
 
     def select(self, index: Tensor) -> "RolloutWindow":
         """The rows `index [R']` (picked or repeated) of the window."""

@@ -41,6 +41,7 @@ class Dreamer4Config:
     context_tau: float = 0.875           # noise level of past frames when sampling
     context_rows: float = 0.5            # share of flow rows in the two-stream layout (sampling-time past;
                                          # the heads train on these rows' context stream)
+    max_context: int = 8                 # frames a rollout keeps in its sliding window (see RolloutWindow)
     # heads
     reward_head: bool = True
     bc_head: bool = True
@@ -58,6 +59,8 @@ class Dreamer4Config:
     def __post_init__(self):
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
+        if self.max_context < 1:
+            raise ValueError(f"max_context must be >= 1, got {self.max_context}")
         if not 0 <= self.context_rows <= 1:
             raise ValueError(f"context_rows must be in [0, 1], got {self.context_rows}")
         if self.context_rows == 0 and (self.reward_head or self.bc_head):
@@ -125,7 +128,7 @@ PRESETS = {
     "paper": dict(image_size=128, patch=8, tok_dim=768, tok_heads=12, tok_depth=8, n_latents=64,
                   d_bottleneck=32, dyn_dim=1024, dyn_heads=16, dyn_depth=16, registers=4,
                   agent_tokens=4, reward_bins=255, reward_range=20.0, reward_horizon=8, batch=64,
-                  seq_len=32, tok_steps=200_000, dyn_steps=200_000, lr=1e-4, bootstrap_start=5000),
+                  seq_len=32, tok_steps=200_000, dyn_steps=200_000, lr=1e-4, bootstrap_start=5000, max_context=32),
 }
 
 

@@ -53,6 +53,7 @@ class WhaleConfig:
     weight_decay: float = 1e-4
     batch: int = 16
     seq_len: int = 8
+    max_context: int = 7                 # frames a rollout keeps in its sliding window (see RolloutWindow)
     tok_steps: int = 2000
     beh_steps: int = 1000
     dyn_steps: int = 2000
@@ -63,6 +64,8 @@ class WhaleConfig:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of {name} {p}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_context < 1:
+            raise ValueError(f"max_context must be >= 1, got {self.max_context}")
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (a frame and its successor), got {self.seq_len}")
 
@@ -87,14 +90,14 @@ PRESETS = {
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, enc_depth=2, dec_depth=2,
                   num_codes=512, latent_dim=16, beh_patch=16, beh_dim=128, posterior_depth=2,
                   prior_depth=2, categories=16, classes=16, dyn_dim=128, dyn_heads=4, dyn_depth=4,
-                  lr=5e-4, batch=16, seq_len=6, tok_steps=1200, beh_steps=400, dyn_steps=1200),
+                  lr=5e-4, batch=16, seq_len=6, max_context=5, tok_steps=1200, beh_steps=400, dyn_steps=1200),
     # appendix B (Whale-ST 64 x 64): tokenizer 4 + 8 layers of 512, 1024 codes of 32 dims
     # at patch 4; behaviour model 512 wide with 16 x 16 categorical z; dynamics 12 x 512
     "paper": dict(image_size=64, patch=4, tok_dim=512, tok_heads=8, enc_depth=4, dec_depth=8,
                   num_codes=1024, latent_dim=32, beh_patch=8, beh_dim=512, beh_heads=8,
                   posterior_depth=8, prior_depth=4, categories=16, classes=16, dyn_dim=512,
                   dyn_heads=8, dyn_depth=12, reward_bins=255, reward_range=20.0, lr=3e-4,
-                  batch=32, seq_len=16, tok_steps=100_000, beh_steps=100_000, dyn_steps=300_000),
+                  batch=32, seq_len=16, max_context=15, tok_steps=100_000, beh_steps=100_000, dyn_steps=300_000),
 }
 
 

@@ -117,8 +117,9 @@ class Whale(WorldModel):
     # ---- imagination ----------------------------------------------------------------------
     @property
     def max_context(self) -> int:
-        """A frame is predicted from at most `seq_len - 1` frames (itself included) in training."""
-        return max(1, self.cfg.seq_len - 1)
+        """`cfg.max_context`: by default the `seq_len - 1` frames (itself included) a frame is
+        predicted from in training."""
+        return self.cfg.max_context
 
     @torch.no_grad()
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
