@@ -6,6 +6,7 @@ All share one loop: `reset(obs)` at the start of an episode, `act()` for the nex
 from agents.bc import BCAgent, RandomAgent
 from agents.context import FrameContext
 from agents.mpc import MPCAgent
-from agents.policy import FeaturePolicyAgent
+from agents.policy import FeaturePolicyAgent, ObservationPolicyAgent
 
-__all__ = ["BCAgent", "FeaturePolicyAgent", "FrameContext", "MPCAgent", "RandomAgent"]
+__all__ = ["BCAgent", "FeaturePolicyAgent", "FrameContext", "MPCAgent", "ObservationPolicyAgent",
+           "RandomAgent"]

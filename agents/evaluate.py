@@ -44,3 +44,15 @@ def run_episode(env, agent: Agent, seed: int, keep_frames: bool = False,
         if on_step is not None:
             on_step(t)
     return EpisodeResult(total, success, t, time.perf_counter() - t0, frames)
+
+
+def evaluate(env, make_agent: Callable[[int], Agent], episodes: int, seed: int) -> dict[str, float]:
+    """Mean and std of the return (and the success rate, where the task reports it) of
+    `episodes` episodes, episode k from `reset(seed=seed + k)` with `make_agent(seed + k)`."""
+    results = [run_episode(env, make_agent(seed + k), seed + k) for k in range(episodes)]
+    returns = np.array([r.episode_return for r in results])
+    out = {"return": float(returns.mean()), "return_std": float(returns.std())}
+    successes = [r.success for r in results if r.success is not None]
+    if successes:
+        out["success"] = float(np.mean(successes))
+    return out

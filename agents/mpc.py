@@ -1,4 +1,5 @@
-"""`MPCAgent`: plan through a world model's step API with CEM-MPC and a BC prior."""
+"""`MPCAgent`: plan through a world model's step API with CEM-MPC, a terminal value and a
+policy prior (value-guided MPC, as TD-MPC2 and LOOP do it)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -12,37 +13,48 @@ from planners import MPC
 from uncertainty import penalized_reward, signal
 from world_models import Imagination, SimState, Simulator
 
+PRIORS = ("bc", "policy", "none")
+
 
 class MPCAgent(ContextAgent):
     """Receding-horizon control with a world model.
 
-    A candidate plan `[H, A]` scores `Σ_h γ^h (r_h - λ u_h)` (+ `γ^H V` when a terminal
-    value is given), where `r` are the model's predicted rewards and `u` is a per-step
-    uncertainty signal by name (`uncertainty.signal`: `"u_r"`, `"u_s"`, `"u_f"` or a native
-    one such as `"token_entropy"`), divided by the scene motion when `motion` is given
-    (MOPO-style penalty). When the model has a
-    BC head, its rollout from the current context warm-starts the CEM mean and, with
-    `prior_samples - 1` noisy copies, joins every iteration's candidates.
+    A candidate plan `[H, A]` scores
+
+        Σ_h γ^h (r_h - λ u_h)  +  γ^H V(f_H)
+
+    where `r` are the model's predicted rewards, `u` a per-step uncertainty signal by name
+    (`uncertainty.signal`: `"u_r"`, `"u_s"`, `"u_f"` or a native one such as
+    `"token_entropy"`), divided by the scene motion when `motion` is given (MOPO-style), and
+    `V` a terminal value of the features of the plan's last imagined frame — for example
+    `Learner.state_value`, Q(f, π(f)) of an actor and critic learned offline.
+
+    The prior warm-starts the CEM mean with a rollout from the current state and, with
+    `prior_samples - 1` noisy copies, joins every iteration's candidates: `"bc"` rolls out
+    the model's BC head, `"policy"` the given `policy` (features -> actions, e.g. the
+    offline actor), `"none"` plans without one.
 
     Args:
         model: any `Simulator` (a trained world model, or the `Oracle`).
         mpc: the planner loop; its CEM's action_dim must be the task's.
-        task: the task name passed to `imagine`.
+        task: the task name passed to `start`.
         context: frames of history the model sees (with the actions between them).
         discount: γ.
-        penalty, lam: the signal name and its weight λ (MOPO-style penalty).
+        penalty, lam: the signal name and its weight λ.
         seeds: samples per plan (`"u_s"` needs >= 2; rewards are averaged over them).
         motion: `MotionStats` or `RunningMotion` to normalise the penalty by, or None.
-        terminal_value: `Imagination -> [N]` value of each plan's last state, or None.
-        prior_samples: BC-prior trajectories injected per iteration (0 disables the prior).
+        value: features `[N, F]` -> `[N]`, the terminal value, or None (reward only).
+        policy: features `[N, F]` -> actions `[N, A]`, for `prior="policy"`.
+        prior: `"bc"`, `"policy"` or `"none"`; `"bc"` falls back to none without a BC head.
+        prior_samples: prior trajectories injected per iteration (0 disables the prior).
         prior_noise: std of the Gaussian perturbation of the extra prior trajectories.
         seed: seeds the prior noise and the model's sampling.
     """
 
     def __init__(self, model: Simulator, mpc: MPC, task: str, *, context: int = 1, discount: float = 1.0,
                  penalty: str | None = None, lam: float = 0.0, seeds: int = 1, motion=None,
-                 terminal_value: Callable[[Imagination], Tensor] | None = None,
-                 prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
+                 value: Callable[[Tensor], Tensor] | None = None, policy: Callable[[Tensor], Tensor] | None = None,
+                 prior: str = "bc", prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
         native = tuple(getattr(model, "native_signals", ()))
         if penalty is not None and lam:
             known = ("u_r", "u_s", *native, *(("u_f",) if "flow_instability" in native else ()))
@@ -50,11 +62,17 @@ class MPCAgent(ContextAgent):
                 raise ValueError(f"{model.name} offers the signals {list(known)}, not {penalty!r}")
             if penalty == "u_s" and seeds < 2:
                 raise ValueError("the penalty u_s (inter-seed variance) needs seeds >= 2")
-        self.seeds, self.motion = seeds, motion
-        self.model, self.mpc, self.task = model, mpc, task
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        if prior == "policy" and policy is None:
+            raise ValueError("prior='policy' needs a policy (features -> actions)")
+        if not model.has_reward and value is None:
+            raise ValueError(f"{model.name} has no reward head and no value was given: nothing to maximise")
         super().__init__(context)
-        self.discount = discount
-        self.penalty, self.lam, self.terminal_value = penalty, lam, terminal_value
+        self.model, self.mpc, self.task = model, mpc, task
+        self.discount, self.seeds, self.motion = discount, seeds, motion
+        self.penalty, self.lam, self.value, self.policy = penalty, lam, value, policy
+        self.prior = "none" if prior == "bc" and not model.has_policy else prior
         self.prior_samples, self.prior_noise = prior_samples, prior_noise
         self.generator = torch.Generator().manual_seed(seed)
         self.horizon, self.action_dim = mpc.planner.horizon, mpc.planner.action_dim
@@ -73,8 +91,8 @@ class MPCAgent(ContextAgent):
             obs, ctx_actions = self.context.tensors(self.model.device)
             self.plan_start = self.model.start(obs, ctx_actions, task=self.task, seeds=self.seeds,
                                                generator=self.generator)
-            if self.prior_samples > 0 and self.model.has_policy:
-                init_mean, prior = self._bc_prior(self.plan_start)
+            if self.prior != "none" and self.prior_samples > 0:
+                init_mean, prior = self._prior(self.plan_start)
         action = self.mpc.act(lambda plans: self._score(self.plan_start, plans),
                               init_mean=init_mean, prior_samples=prior)
         return action.cpu().numpy().astype(np.float32)
@@ -88,28 +106,28 @@ class MPCAgent(ContextAgent):
 
     # ---- internals -------------------------------------------------------------------------
     def _score(self, start: SimState, plans: Tensor) -> Tensor:
-        """Discounted (penalised) return of each plan `[N, H, A]` from `start` -> `[N]`."""
+        """`Σ_h γ^h (r_h - λ u_h) + γ^H V(f_H)` of each plan `[N, H, A]` from `start` -> `[N]`."""
         penalised = bool(self.penalty and self.lam)
         native = "flow_instability" if self.penalty == "u_f" else self.penalty
         signals = (native,) if penalised and native in self.model.native_signals else ()
         im = self.model.rollout(start, plans.to(start.features.device), signals=signals)
-        if im.rewards is None:
-            raise ValueError(f"{self.model.name} has no reward head: MPC has nothing to maximise")
-        reward = im.rewards
-        if penalised:
-            u = signal(self.penalty, self.model, im)
-            u = u if self.motion is None else self.motion.normalise(u, self.task)
-            reward = penalized_reward(reward, u, self.lam)
-        weights = self.discount ** torch.arange(self.horizon, device=reward.device, dtype=reward.dtype)
-        score = (reward * weights).sum(-1)
-        if self.terminal_value is not None:
-            score = score + self.discount ** self.horizon * self.terminal_value(im)
+        weights = self.discount ** torch.arange(self.horizon, device=im.latents.device, dtype=torch.float32)
+        score = torch.zeros(len(plans), device=im.latents.device)
+        if im.rewards is not None:
+            reward = im.rewards
+            if penalised:
+                u = signal(self.penalty, self.model, im)
+                u = u if self.motion is None else self.motion.normalise(u, self.task)
+                reward = penalized_reward(reward, u, self.lam)
+            score = (reward * weights).sum(-1)
+        if self.value is not None:
+            score = score + self.discount ** self.horizon * self.value(im.features[:, -1]).to(score.device)
         return score.to(plans.device)
 
-    def _bc_prior(self, start: SimState) -> tuple[Tensor, Tensor]:
-        """The BC-policy rollout `[H, A]` and `[prior_samples, H, A]` trajectories: the
-        rollout itself and noisy copies of it."""
-        im = self.model.rollout(start, None, horizon=self.horizon)
-        mean = im.actions[0, :, : self.action_dim].cpu()
+    def _prior(self, start: SimState) -> tuple[Tensor, Tensor]:
+        """The prior's rollout `[H, A]` from `start` and `[prior_samples, H, A]` trajectories:
+        the rollout itself and noisy copies of it."""
+        im = self.model.rollout(start, None if self.prior == "bc" else self.policy, horizon=self.horizon)
+        mean = im.actions[0, :, : self.action_dim].cpu().float()
         noise = torch.randn(self.prior_samples - 1, *mean.shape, generator=self.generator) * self.prior_noise
         return mean, torch.cat([mean[None], (mean + noise).clamp(-1, 1)])

@@ -1,4 +1,5 @@
-"""`FeaturePolicyAgent`: act in a real environment with a policy over world-model features."""
+"""Agents that act with a learned policy: over world-model features of real frames, or over
+the environment's own observations."""
 from __future__ import annotations
 
 from typing import Callable
@@ -24,3 +25,20 @@ class FeaturePolicyAgent(ContextAgent):
         frames, actions = self.context.tensors(self.model.device)
         features = self.model.features(frames, actions, task=self.task)[0].float().cpu().numpy()
         return np.asarray(self.policy(features), np.float32)
+
+
+class ObservationPolicyAgent:
+    """Acts with `policy(obs) -> action [A]` on the environment's own observations (e.g. the
+    low-dimensional state of an `obs="state"` env, for policies learned on the state ensemble)."""
+
+    def __init__(self, policy: Callable[[np.ndarray], np.ndarray]):
+        self.policy, self.obs = policy, None
+
+    def reset(self, obs: np.ndarray) -> None:
+        self.obs = obs
+
+    def observe(self, action: np.ndarray, obs: np.ndarray) -> None:
+        self.obs = obs
+
+    def act(self) -> np.ndarray:
+        return np.asarray(self.policy(np.asarray(self.obs, np.float32)), np.float32)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig  # noqa: E402
 import world_models  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats  # noqa: E402
-from uncertainty.evaluation import score_signals, window_signals  # noqa: E402
+from uncertainty.evaluation import phase_signals, score_signals, window_signals  # noqa: E402
 from world_models.checkpoint import find_checkpoint  # noqa: E402
 from world_models.training import split_episodes  # noqa: E402
 
@@ -114,6 +114,20 @@ def main(cfg: DictConfig) -> None:
     for name, s in scores.items():
         print(f"{name:<18}" + "".join(f"{s[c]:>24.3f}" for c in COLUMNS))
     print("true_motion is a reference, not a predictor: the latent motion of the real future frames")
+    if store.load(held_eps[0]).states is not None and cfg.phase_windows:
+        phases = phase_signals(model, store, held_eps, cfg.task, windows=cfg.phase_windows, horizon=cfg.horizon,
+                               seeds=cfg.seeds, start_steps=cfg.start_steps, motion=motion, knn=knn,
+                               ensemble=ensemble, seed=cfg.seed)
+        if len(phases) == 2:
+            names = list(phases["start"])
+            write_csv(out / "phases.csv", ("signal", "start", "rest", "start/rest"),
+                      [(n, f"{phases['start'][n]:.5g}", f"{phases['rest'][n]:.5g}",
+                        f"{phases['start'][n] / phases['rest'][n]:.3f}") for n in names])
+            print(f"\nstart phase (first {cfg.start_steps} steps) against the rest, {cfg.phase_windows} windows each:")
+            print(f"{'signal':<18}{'start':>12}{'rest':>12}{'start/rest':>12}")
+            for n in names:
+                print(f"{n:<18}{phases['start'][n]:>12.4g}{phases['rest'][n]:>12.4g}"
+                      f"{phases['start'][n] / phases['rest'][n]:>12.3f}")
     print(f"wrote {out / 'scores.csv'}, {out / 'windows.csv'}, {out / 'scatter_vs_psnr.png'}, {out / 'auroc.png'}")
 
 

@@ -1,17 +1,22 @@
-"""Plan with a world model: CEM-MPC with a BC prior, next to the BC policy and random.
+"""The main job: value-guided MPC with a learned world model, next to its actor, BC and random.
 
     python experiments/mpc.py task=cup-catch
 
-With `checkpoint=auto` it reuses the model cached under runs/train/, or builds it first,
-each stage cached on disk: the SAC expert (dm_control), data collection, then world-model
-training. It then evaluates `eval_episodes` episodes per policy on the same start states
-and writes TensorBoard logs, metrics.csv and, per MPC episode, a video of the real frames
-beside what the model imagined for the plan it was executing.
+With `checkpoint=auto` it builds what is missing, each stage cached on disk and announced
+with its cost on a 2-core CPU (`agents/pipeline.py`): a SAC expert (dm_control), data,
+the world model, then an actor and critic learned offline on the model's features. It
+then evaluates `eval_episodes` episodes per policy on the same start states:
+- mpc: CEM-MPC through the world model, scoring Σ γ^h r_h + γ^H Q(f_H, π(f_H)), warm-started
+  and seeded by the actor's imagined rollout;
+- actor: the offline actor alone, acting from the model's features of real frames;
+- bc: the world model's BC head; random: uniform actions;
+- with `oracle=true`, mpc-oracle: the same planner on the true simulator with a critic
+  learned offline on the recorded states (the ceiling).
+It prints means with 95% intervals and writes TensorBoard logs, `metrics.csv` and, per MPC
+episode, a video of the real frames beside what the model imagined for its plans.
 """
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -19,76 +24,23 @@ import numpy as np
 import torch
 from cli import entry_point, resolve_device
 from omegaconf import DictConfig, OmegaConf
+from scipy import stats
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import envs
 import world_models
-from agents import BCAgent, MPCAgent, RandomAgent
+from agents import BCAgent, FeaturePolicyAgent, MPCAgent, RandomAgent
 from agents.evaluate import run_episode
+from agents.learner import Learner
+from agents.offline import MOPOConfig, feature_transitions, mopo
+from agents.pipeline import JobConfig, MainJob
 from planners import CEM, MPC
 from replay import EpisodeStore
-from replay.experts import expert_path
-from uncertainty import MotionStats
-from world_models.checkpoint import find_checkpoint, load_trainer_state
+from world_models.checkpoint import find_checkpoint
 from world_models.oracle import Oracle
 
-HERE = Path(__file__).parent
-# measured on the 2-core CPU this project is developed on (see the issue notes)
-MINUTES = {"expert": 17, "collect_per_episode": 0.27, "train": {"tiny": 3, "small": 11, "paper": 10_000}}
-EXPERT_BEHAVIORS = ("expert", "transformed", "mixed")
-
-
-def trained(folder: Path, phases: int) -> bool:
-    found = find_checkpoint(folder)
-    return found is not None and (load_trainer_state(found) or {"phase": phases})["phase"] >= phases
-
-
-def run_stage(script: str, *overrides: str) -> None:
-    cmd = [sys.executable, str(HERE / script), *overrides]
-    print("$", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode:
-        raise ValueError(f"stage {script} failed (command above); fix it and rerun, finished stages are cached")
-
-
-def ensure_model(cfg: DictConfig) -> Path:
-    """The checkpoint to plan with: the given path, or the cached/built one for the task."""
-    if cfg.checkpoint != "auto":
-        if find_checkpoint(cfg.checkpoint) is None:
-            raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
-        return Path(cfg.checkpoint)
-    run = Path(f"runs/train/{cfg.world_model}-{cfg.preset}/{cfg.task}/{cfg.seed}")
-    phases = len(world_models.make(cfg.world_model, "tiny").phases)
-    if trained(run / "checkpoint", phases):
-        print(f"using the cached world model {run / 'checkpoint'}")
-        return run / "checkpoint"
-    spec = envs.task_spec(cfg.task)
-    store = EpisodeStore(cfg.store)
-    have = len(store.episodes(task=cfg.task, behavior=cfg.data.behavior))
-    need_data = max(0, cfg.data.episodes - have)
-    need_expert = (need_data and spec.domain == "dmc" and cfg.data.behavior in EXPERT_BEHAVIORS
-                   and not (expert_path(cfg.task, cfg.expert_dir) / "actor.safetensors").exists())
-    steps = [("SAC expert", MINUTES["expert"])] if need_expert else []
-    if need_data:
-        steps.append((f"collect {need_data} {cfg.data.behavior} episodes",
-                      need_data * MINUTES["collect_per_episode"] * spec.episode_length / 500))
-    steps.append((f"train {cfg.world_model}/{cfg.preset}", MINUTES["train"].get(cfg.preset, 0)))
-    print(f"no trained {cfg.world_model}/{cfg.preset} model for {cfg.task} yet; building it first "
-          f"(each stage is cached, so a rerun skips what is done):")
-    for name, minutes in steps:
-        print(f"  - {name}: about {minutes:.0f} min on a 2-core CPU")
-    if need_expert:
-        run_stage("train_expert.py", f"task={cfg.task}", f"expert_dir={cfg.expert_dir}",
-                  f"progress={cfg.progress}")
-    if need_data:
-        size = world_models.make(cfg.world_model, cfg.preset).cfg.image_size
-        run_stage("collect.py", f"task={cfg.task}", f"behavior={cfg.data.behavior}", f"episodes={need_data}",
-                  f"num_envs={cfg.data.num_envs}", f"size={size}", f"seed={cfg.seed + have}",
-                  f"store={cfg.store}", f"expert_dir={cfg.expert_dir}", f"progress={cfg.progress}")
-    run_stage("train.py", f"world_model={cfg.world_model}", f"task={cfg.task}", f"preset={cfg.preset}",
-              f"seed={cfg.seed}", f"store={cfg.store}", f"device={cfg.device}", f"out={run}",
-              f"progress={cfg.progress}")
-    return run / "checkpoint"
+POLICIES = ("mpc", "actor", "bc", "random")
 
 
 def make_planner(cfg: DictConfig, action_dim: int, seed: int) -> MPC:
@@ -102,24 +54,30 @@ def make_planner(cfg: DictConfig, action_dim: int, seed: int) -> MPC:
         raise ValueError(f"planner: {err}") from None
 
 
-def make_mpc_agent(cfg: DictConfig, model, action_dim: int, seed: int, motion=None) -> MPCAgent:
+def make_mpc_agent(cfg: DictConfig, model, learner: Learner | None, action_dim: int, seed: int,
+                   context: int) -> MPCAgent:
     a = cfg.agent
-    return MPCAgent(model, make_planner(cfg, action_dim, seed), cfg.task, context=a.context,
-                    discount=a.discount, penalty=a.penalty, lam=a.lam, seeds=a.seeds, motion=motion,
+    use_value = a.value and learner is not None and learner.has_critic
+    prior = a.prior if (a.prior != "policy" or learner is not None) else "bc"
+    return MPCAgent(model, make_planner(cfg, action_dim, seed), cfg.task, context=context, discount=a.discount,
+                    penalty=a.penalty, lam=a.lam, seeds=a.seeds, value=learner.state_value if use_value else None,
+                    policy=learner.policy if learner is not None else None, prior=prior,
                     prior_samples=a.prior_samples, prior_noise=a.prior_noise, seed=seed)
 
 
-def penalty_motion(cfg: DictConfig, checkpoint: Path) -> MotionStats | None:
-    """The scene motion the penalty is divided by: the checkpoint's `motion.json` (written
-    by experiments/hallucination.py) when there is one for the task, else none."""
-    if not (cfg.agent.penalty and cfg.agent.lam) or not (checkpoint / MotionStats.FILE).exists():
-        return None
-    motion = MotionStats.load(checkpoint)
-    if cfg.task not in motion.per_task:
-        return None
-    print(f"penalty {cfg.agent.penalty} is divided by the scene motion {motion(cfg.task):.4f} "
-          f"from {checkpoint / MotionStats.FILE}")
-    return motion
+def state_learner(cfg: DictConfig, store: EpisodeStore, algo: str, steps: int) -> Learner:
+    """An actor and critic learned offline on the recorded states (the oracle's value)."""
+    folder = Path(f"runs/offline/{cfg.task}/{algo}-states/{cfg.seed}/learner")
+    if (folder / "learner.json").exists():
+        return Learner.load(folder)
+    spec = envs.task_spec(cfg.task)
+    state_model = world_models.make("ensemble", "tiny", tasks=(cfg.task,))  # its features are the states
+    real = feature_transitions(state_model, store, store.episodes(task=cfg.task), cfg.task, progress=cfg.progress)
+    learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99)
+    print(f"training {algo} on {len(real)} recorded state transitions for the oracle's value")
+    mopo(None, learner, real, None, MOPOConfig(steps=steps, seed=cfg.seed), progress=cfg.progress)
+    learner.save(folder)
+    return learner
 
 
 class ImaginedTrack:
@@ -146,13 +104,19 @@ def write_video(path: Path, real: list[np.ndarray], imagined: list[np.ndarray], 
     os.replace(tmp, path)
 
 
+def interval(values: np.ndarray) -> float:
+    """Half-width of the 95% t-interval of the mean."""
+    n = len(values)
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
 @entry_point("mpc")
 def main(cfg: DictConfig) -> None:
     spec = envs.task_spec(cfg.task)
     device = resolve_device(cfg.device)
-    unknown = set(cfg.baselines) - {"bc", "random"}
+    unknown = set(cfg.policies) - set(POLICIES)
     if unknown:
-        raise ValueError(f"baselines: unknown {sorted(unknown)}; choose from bc, random")
+        raise ValueError(f"policies: unknown {sorted(unknown)}; choose from {', '.join(POLICIES)}")
     if cfg.eval_episodes < 1:
         raise ValueError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
     make_planner(cfg, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
@@ -160,24 +124,41 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out or f"runs/mpc/{cfg.task}/{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml")
+    store = EpisodeStore(cfg.store)
     policies: dict[str, callable] = {}
-    size = 64
+    size, model, learner = 64, None, None
     if cfg.world_model != "oracle":
-        checkpoint = find_checkpoint(ensure_model(cfg))
+        job = MainJob(JobConfig(task=cfg.task, world_model=cfg.world_model, preset=cfg.preset, seed=cfg.seed,
+                                store=cfg.store, expert_dir=cfg.expert_dir, device=str(device), progress=cfg.progress,
+                                **OmegaConf.to_container(cfg.job)))
+        if cfg.checkpoint == "auto":
+            job.build()
+            checkpoint = job.checkpoint()
+        else:
+            checkpoint = find_checkpoint(cfg.checkpoint)
+            if checkpoint is None:
+                raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
         model = world_models.load(checkpoint, device=str(device))
         if cfg.task not in model.tasks:
             raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
+        if cfg.learner == "auto":
+            learner = Learner.load(job.learner_dir) if (job.learner_dir / "learner.json").exists() else None
+        elif cfg.learner != "none":
+            learner = Learner.load(cfg.learner)
         size = model.cfg.image_size
-        motion = penalty_motion(cfg, checkpoint)
-        policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, spec.action_dim, s, motion)
-        if "bc" in cfg.baselines and not model.has_policy:
-            print(f"{cfg.world_model} has no BC policy head: no bc baseline, and MPC plans without a prior")
-        elif "bc" in cfg.baselines:
-            policies["bc"] = lambda env, s: BCAgent(model, cfg.task, spec.action_dim, context=cfg.agent.context, seed=s)
+        context = cfg.agent.context or model.max_context
+        if "mpc" in cfg.policies:
+            policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, learner, spec.action_dim, s, context)
+        if "actor" in cfg.policies and learner is not None:
+            policies["actor"] = lambda env, s: FeaturePolicyAgent(model, lambda f: learner.act(f[None])[0], cfg.task,
+                                                                  context=context)
+        if "bc" in cfg.policies and model.has_policy:
+            policies["bc"] = lambda env, s: BCAgent(model, cfg.task, spec.action_dim, context=context, seed=s)
     if cfg.world_model == "oracle" or cfg.oracle:
-        oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior_samples": 0, "context": 1}})
-        policies["mpc-oracle"] = lambda env, s: make_mpc_agent(oracle_cfg, Oracle(env), spec.action_dim, s)
-    if "random" in cfg.baselines:
+        value = state_learner(cfg, store, cfg.job.algo, cfg.job.learner_steps) if cfg.agent.value else None
+        oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior": "policy" if value is not None else "none"}})
+        policies["mpc-oracle"] = lambda env, s: make_mpc_agent(oracle_cfg, Oracle(env), value, spec.action_dim, s, 1)
+    if "random" in cfg.policies:
         policies["random"] = lambda env, s: RandomAgent(spec.action_dim, seed=s)
 
     env = envs.make(cfg.task, obs="pixels", size=size, seed=cfg.seed)
@@ -188,7 +169,7 @@ def main(cfg: DictConfig) -> None:
         for k in range(cfg.eval_episodes):
             seed = 10_000 * (cfg.seed + 1) + k  # the same start states for every policy
             agent = build(env, seed)
-            track = ImaginedTrack(agent) if name == "mpc" and cfg.video else None
+            track = ImaginedTrack(agent) if name == "mpc" and cfg.video and k < 3 else None
 
             def on_step(t, track=track):
                 bar.update(1)
@@ -211,13 +192,13 @@ def main(cfg: DictConfig) -> None:
         w.writerows(rows)
     os.replace(tmp, out / "metrics.csv")
     print(f"\n{cfg.task}: {cfg.eval_episodes} episodes per policy (seed {cfg.seed})")
-    print(f"{'policy':<12}{'return (mean ± std)':>22}{'success':>9}{'s / episode':>13}")
+    print(f"{'policy':<12}{'return (mean ± 95% CI)':>26}{'std':>8}{'success':>9}{'s / episode':>13}")
     for name in policies:
         r = [row for row in rows if row["policy"] == name]
         ret = np.array([row["return"] for row in r])
         succ = [row["success"] for row in r if row["success"] != ""]
-        print(f"{name:<12}{ret.mean():>13.1f} ± {ret.std():<6.1f}{(f'{np.mean(succ):.0%}' if succ else '-'):>9}"
-              f"{np.mean([row['seconds'] for row in r]):>13.1f}")
+        print(f"{name:<12}{ret.mean():>17.1f} ± {interval(ret):<6.1f}{ret.std():>8.1f}"
+              f"{(f'{np.mean(succ):.0%}' if succ else '-'):>9}{np.mean([row['seconds'] for row in r]):>13.1f}")
     print(f"logs, metrics.csv and videos: {out}")
 
 

@@ -165,16 +165,43 @@ class MixedBehavior(Behavior):
         return self.current(state)
 
 
+class SnapshotMix(Behavior):
+    """One policy per episode, drawn from `policies`, its action mixed with a uniform random
+    one: `(1 - α) a + α u`, α drawn per episode from `alpha_range`. With the snapshots of a
+    SAC run up to its medium one this is D4RL's medium-replay (what a learner saw on its
+    way to medium performance); with one policy and α = 0, its medium."""
+
+    def __init__(self, policies: list[Behavior], name: str, alpha_range: tuple[float, float] = (0.0, 0.0)):
+        if not policies:
+            raise ValueError(f"{name} needs at least one policy")
+        super().__init__(policies[0].action_dim)
+        self.policies, self.name, self.alpha_range = policies, name, alpha_range
+
+    def reset(self, rng):
+        super().reset(rng)
+        self.current = self.policies[rng.integers(len(self.policies))]
+        self.current.reset(rng)
+        self.alpha = rng.uniform(*self.alpha_range)
+
+    def act(self, state):
+        a = np.asarray(self.current(state), np.float64)
+        return a if self.alpha == 0 else (1 - self.alpha) * a + self.alpha * self.rng.uniform(-1.0, 1.0, self.action_dim)
+
+
 BEHAVIORS = ("random", "noop", "expert", "transformed", "noise", "noise-gaussian", "noise-ou",
-             "noise-mix", "mixed")
+             "noise-mix", "mixed", "medium", "medium-replay")
 
 
-def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavior] | None = None) -> Behavior:
+def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavior] | None = None,
+                  snapshots: list[Callable[[], ExpertBehavior]] | None = None) -> Behavior:
     """Build a behaviour by name (see `BEHAVIORS`).
 
     Args:
         expert: a factory for the task's expert; needed by every behaviour built on it
             (all but ``random`` and ``noop``). See `replay.experts.make_expert`.
+        snapshots: factories of a learned expert's snapshots up to its medium one (the last);
+            without them ``medium`` is the expert with half of every action random and
+            ``medium-replay`` mixes in a random share drawn per episode from [0.5, 1].
     """
     if name == "random":
         return RandomBehavior(action_dim)
@@ -188,6 +215,12 @@ def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavio
         return expert()
     if name == "transformed":
         return TransformedExpert(expert())
+    if name == "medium":
+        return (SnapshotMix([snapshots[-1]()], "medium") if snapshots
+                else SnapshotMix([expert()], "medium", (0.5, 0.5)))
+    if name == "medium-replay":
+        return (SnapshotMix([s() for s in snapshots], "medium-replay", (0.0, 0.3)) if snapshots
+                else SnapshotMix([expert()], "medium-replay", (0.5, 1.0)))
     if name.startswith("noise"):
         return StructuredNoise(expert(), kind=name.split("-", 1)[1] if "-" in name else None)
     return MixedBehavior([RandomBehavior(action_dim), NoOpBehavior(action_dim), expert(),

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 import envs
 from replay.behaviors import make_behavior
 from replay.episode import Episode
-from replay.experts import DEFAULT_EXPERT_DIR, make_expert
+from replay.experts import DEFAULT_EXPERT_DIR, make_expert, medium_snapshots
 from replay.store import EpisodeStore
 
 
@@ -61,7 +61,8 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
         raise ValueError(f"episode_steps must be in [1, {spec.episode_length}] for {task}, got {episode_steps}")
     store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     expert = None if behavior in ("random", "noop") else make_expert(task, expert_dir)
-    behaviors = [make_behavior(behavior, spec.action_dim, expert) for _ in range(num_envs)]
+    snapshots = medium_snapshots(task, expert_dir) if behavior.startswith("medium") else None
+    behaviors = [make_behavior(behavior, spec.action_dim, expert, snapshots) for _ in range(num_envs)]
     ep_seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
     make_env = partial(envs.make, task, "pixels", size, seed, **env_kwargs)
     if num_envs > 1:  # spawned workers: a forked GL (EGL) context of the parent would hang them

@@ -86,9 +86,10 @@ class EpisodeStore:
     # ---- sampling -----------------------------------------------------------------------
     def sample(self, batch: int, seq_len: int, weighting: str = "frame", *,
                task: str | Sequence[str] | None = None, behavior: str | Sequence[str] | None = None,
-               episodes: Sequence[EpisodeInfo] | None = None,
-               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Sample `batch` windows of `seq_len` consecutive frames.
+               episodes: Sequence[EpisodeInfo] | None = None, rng: np.random.Generator | None = None,
+               first: int | None = None) -> dict[str, torch.Tensor]:
+        """Sample `batch` windows of `seq_len` consecutive frames (with `first`, only windows
+        that start within an episode's first `first` frames).
 
         Draws from `episodes` when given (e.g. a train split), else from every episode
         matching `task` and `behavior`.
@@ -113,6 +114,8 @@ class EpisodeStore:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         if seq_len < 2:
             raise ValueError(f"seq_len must be >= 2 (frames per window), got {seq_len}")
+        if first is not None and (first < 1 or weighting == "reward"):
+            raise ValueError(f"first must be >= 1 and combines with frame or task weighting, got {first} with {weighting}")
         rng = rng if rng is not None else np.random.default_rng()
         infos = self.episodes(task, behavior) if episodes is None else episodes
         pool = [ep for ep in map(self.load, infos)
@@ -121,6 +124,8 @@ class EpisodeStore:
             raise ValueError(f"no episode in {self.root} (task={task}, behavior={behavior}) "
                              f"has {seq_len} frames or more")
         n_windows = np.array([len(ep.frames) - seq_len + 1 for ep in pool], np.float64)
+        if first is not None:
+            n_windows = np.minimum(n_windows, first)
         if weighting == "reward":
             return self._sample_by_reward(pool, batch, seq_len, rng)
         if weighting == "frame":

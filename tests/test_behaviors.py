@@ -99,3 +99,25 @@ def test_unknown_behavior_and_missing_expert(tmp_path):
         make_behavior("expert", 2)
     with pytest.raises(ValueError, match="train_expert.py task=cup-catch"):
         make_expert("cup-catch-var1", expert_dir=tmp_path)
+
+
+def test_graded_recipes_sit_between_random_and_expert():
+    # toy-reach has no SAC snapshots: medium is the expert with half of every action random
+    import envs
+    from replay.experts import make_expert
+
+    env = envs.make("toy-reach", obs="state")
+    returns = {}
+    for name in ("random", "medium", "medium-replay", "expert"):
+        total = []
+        for k in range(10):
+            b = make_behavior(name, 2, make_expert("toy-reach"))
+            b.reset(np.random.default_rng(k))
+            s, _ = env.reset(seed=k)
+            ret, done = 0.0, False
+            while not done:
+                s, r, term, trunc, _ = env.step(b(s))
+                ret, done = ret + r, term or trunc
+            total.append(ret)
+        returns[name] = np.mean(total)
+    assert returns["random"] < returns["medium-replay"] < returns["medium"] < returns["expert"], returns

@@ -127,7 +127,7 @@ def test_imagine_contract_shapes_and_errors(model):
     assert im.latents.shape == (4, 5, *latent) and im.rewards.shape == (4, 5)
     assert im.seed_latents.shape == (3, 4, 5, *latent) and im.frames is None
     assert im.policy_actions.shape == (4, 5, 2) and im.signals["flow_instability"].shape == (4, 5)
-    assert im.features.shape == (4, 5, model.cfg.dyn_dim) and im.actions.shape == (4, 5, 2)
+    assert im.features.shape == (4, 5, model.feature_dim) and im.actions.shape == (4, 5, 2)
     assert (im.seed_latents[0] != im.seed_latents[1]).any()  # seeds differ
     bc = model.imagine(obs, None, horizon=4)
     assert bc.policy_actions.shape == (1, 4, 2)

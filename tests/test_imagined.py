@@ -32,12 +32,12 @@ def test_imagined_env_passes_gymnasiums_checker(model, store):
 def test_vec_env_truncates_together_and_restarts(model, store):
     venv = ImaginedVecEnv(model, StartWindows(store, task="toy-reach"), num_envs=3, horizon=4, seed=0)
     first = venv.reset()
-    assert first.shape == (3, model.cfg.dyn_dim) and first.dtype == np.float32
+    assert first.shape == (3, model.feature_dim) and first.dtype == np.float32
     for t in range(4):
         obs, rewards, dones, infos = venv.step(np.zeros((3, 2), np.float32))
         assert rewards.shape == (3,) and dones.all() == (t == 3)
     assert all(i["TimeLimit.truncated"] for i in infos)
-    assert all(i["terminal_observation"].shape == (model.cfg.dyn_dim,) for i in infos)
+    assert all(i["terminal_observation"].shape == (model.feature_dim,) for i in infos)
     assert not np.allclose(obs, infos[0]["terminal_observation"])  # the next episode's first features
 
 

@@ -73,7 +73,7 @@ def test_features_of_real_frames_match_imagined_ones(model):
     obs, ctx = context(b=3)
     real = model.features(obs, ctx, task="toy-reach")
     state, out = model.step(model.start(obs, ctx), torch.zeros(3, 2))
-    assert real.shape == out.features.shape == (3, model.features(obs[:, -1]).shape[-1])
+    assert real.shape == out.features.shape == (3, model.feature_dim)
     assert real.dtype == out.features.dtype == torch.float32
     torch.testing.assert_close(real, model.start(obs, ctx).features)
     # the features read the frames: another last frame gives other features

@@ -24,6 +24,7 @@ import torch
 from envs import task_spec
 from replay import EpisodeInfo, EpisodeStore
 from uncertainty.baselines import KNNDistance, ensemble_disagreement
+from uncertainty.fidelity import PHASES, WindowSampler, foreground_psnr
 from uncertainty.metrics import auroc, lpips, mse, shuffled_errors, spearman, ssim
 from uncertainty.predictors import MotionStats, RunningMotion, hallucination_signals, latent_motion
 from uncertainty.retracing import retracing_uncertainty
@@ -108,3 +109,43 @@ def score_signals(per_window: dict[str, np.ndarray], shuffle_threshold: float = 
                         "spearman_perceptual": spearman(u, perceptual)}
     return scores
 
+
+
+@torch.no_grad()
+def phase_signals(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], task: str, *,
+                  windows: int = 128, horizon: int = 8, seeds: int = 4, start_steps: int = 50,
+                  motion: MotionStats | RunningMotion | None = None, knn: KNNDistance | None = None,
+                  ensemble: list[WorldModel] = (), batch: int = 32, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean of every predictor over `horizon`-step rollouts from windows of the start phase
+    (the first `start_steps` steps of episodes) and of the rest: `{phase: {signal: mean}}`,
+    plus the rollout's foreground PSNR. A predictor that sees a start-phase collapse (a
+    tokenizer mapping a rare state onto a common one) is higher at the start."""
+    spec = task_spec(task)
+    sampler = WindowSampler(store, episodes, context=1, horizon=horizon, start_steps=start_steps)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    out = {}
+    for phase in PHASES:
+        try:
+            w = sampler.sample(windows, phase, rng)
+        except ValueError:
+            continue
+        cols: dict[str, list] = {}
+        imagined = []
+        for i in range(0, windows, batch):
+            frames = w.frames[i: i + batch].to(model.device)
+            actions = w.actions[i: i + batch, :, : spec.action_dim].to(model.device)
+            sig, im = hallucination_signals(model, frames[:, 0], actions, task=task, seeds=seeds, motion=motion,
+                                            generator=gen)
+            row = {k: v.mean(1) for k, v in sig.items()}
+            if knn is not None:
+                row["knn"] = knn(im.latents).mean(1).to(model.device)
+            if len(ensemble):
+                row["ensemble"] = ensemble_disagreement([model, *ensemble], frames[:, 0], actions, task=task,
+                                                        generator_seed=seed).mean(1).to(model.device)
+            for k, v in row.items():
+                cols.setdefault(k, []).append(v.float().cpu())
+            imagined.append(model.decode(im.latents).cpu())
+        out[phase] = {k: torch.cat(v).mean().item() for k, v in cols.items()}
+        out[phase]["rollout_fg_psnr"] = foreground_psnr(torch.cat(imagined), w.frames[:, 1:], w.background[:, None])
+    return out

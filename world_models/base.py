@@ -153,6 +153,11 @@ class Simulator(ABC):
         return torch.device("cpu")
 
     @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """F, the size of `features`."""
+
+    @property
     def has_reward(self) -> bool:
         """True when the model predicts rewards (else `Step.reward` is None)."""
         return True

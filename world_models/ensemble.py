@@ -109,6 +109,10 @@ class Ensemble(Simulator, nn.Module):
     def device(self) -> torch.device:
         return self.max_logvar.device
 
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.state_dim
+
     # ---- the networks ----------------------------------------------------------------------
     def forward(self, states: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """`[K, N, S]`, `[K, N, A]` (or `[N, ...]`, shared) -> normalised mean and log-variance

@@ -13,13 +13,17 @@ for an optional `penalty` (see `Penalty`; `uncertainty.step_penalty` builds one 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
+
+with contextlib.redirect_stderr(io.StringIO()):  # SB3 probes for the unmaintained gym, which prints a banner
+    from stable_baselines3.common.vec_env import VecEnv
 
 from envs import task_spec
 from replay import EpisodeInfo, EpisodeStore
@@ -39,15 +43,24 @@ class Penalty(Protocol):
 class StartWindows:
     """Where imagined episodes start: windows of `context` real frames (and the actions
     between them) drawn from `episodes` of a store, or from given `frames [N, T0, 3, H, W]`
-    (with `actions [N, T0 - 1, A]` when T0 > 1)."""
+    (with `actions [N, T0 - 1, A]` when T0 > 1). `observation="states"` draws the recorded
+    states `[N, T0, S]` instead, for state models such as the ensemble. `first_steps` draws
+    only windows that end within the first steps of an episode: the real task's starting
+    situations (uniform windows of expert-heavy data mostly show the task already solved)."""
 
     def __init__(self, store: EpisodeStore | None = None, episodes: Sequence[EpisodeInfo] | None = None, *,
-                 task: str, context: int = 1, frames: Tensor | None = None, actions: Tensor | None = None):
+                 task: str, context: int = 1, frames: Tensor | None = None, actions: Tensor | None = None,
+                 observation: str = "frames", first_steps: int | None = None):
         if (store is None) == (frames is None):
             raise ValueError("start windows come from a store or from given frames (one of the two)")
         if context < 1:
             raise ValueError(f"context must be >= 1 frame, got {context}")
-        self.task, self.context, self.store = task, context, store
+        if observation not in ("frames", "states"):
+            raise ValueError(f"observation must be 'frames' or 'states', got {observation!r}")
+        if first_steps is not None and first_steps < 1:
+            raise ValueError(f"first_steps must be >= 1, got {first_steps}")
+        self.task, self.context, self.store, self.observation = task, context, store, observation
+        self.first_steps = first_steps
         self.action_dim = task_spec(task).action_dim
         if store is not None:
             self.episodes = list(episodes) if episodes is not None else store.episodes(task=task)
@@ -64,8 +77,12 @@ class StartWindows:
         if self.store is None:
             idx = torch.as_tensor(rng.integers(len(self.frames), size=n))
             return self.frames[idx], None if self.actions is None else self.actions[idx]
-        b = self.store.sample(n, max(2, self.context), episodes=self.episodes, rng=rng)
+        b = self.store.sample(n, max(2, self.context), episodes=self.episodes, rng=rng, first=self.first_steps)
         actions = b["actions"][:, : self.context - 1, : self.action_dim] if self.context > 1 else None
+        if self.observation == "states":
+            if "states" not in b:
+                raise ValueError(f"the {self.task} episodes in {self.store.root} recorded no states")
+            return b["states"][:, : self.context], actions
         return b["frames"][:, : self.context], actions
 
 

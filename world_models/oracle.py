@@ -43,6 +43,10 @@ class Oracle(Simulator):
         self.sim = envs.make(env.task.name, obs="state", size=env.size)
         self.sim.reset(seed=0)
 
+    @property
+    def feature_dim(self) -> int:
+        return self.sim.state_dim
+
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
               seeds: int = 1, generator: torch.Generator | None = None) -> OracleState:
         """The live environment's state now, once per row of `obs` (`[B, ...]`). The simulator

@@ -24,6 +24,7 @@ class Dreamer4Config:
     mae_keep_range: tuple[float, float] = (0.1, 1.0)
     mae_loss: str = "masked"             # "masked" (the paper) | "all" patches
     lpips_weight: float = 0.2
+    residual_decoder: bool = False       # decode the difference from the running mean frame
     fg_weight: float = 0.0               # extra weight of moving pixels in the reconstruction loss
     fg_threshold: float = 0.1            # a pixel moves where it differs from the running mean frame by more
     # dynamics

@@ -211,6 +211,10 @@ class Dreamer4(WorldModel):
 
     # ---- imagination ----------------------------------------------------------------------
     @property
+    def feature_dim(self) -> int:
+        return self.cfg.dyn_dim * (1 + self.dynamics.n_spatial)
+
+    @property
     def max_context(self) -> int:
         """`cfg.max_context`. Longer than the training rows on purpose: the tiny model,
         trained on 2-frame rows, rolled out 8 steps at -1.0 dB against repeating the frame
@@ -233,7 +237,7 @@ class Dreamer4(WorldModel):
         h, past = past.appended(self._commit_tokens(x, prev, prev_mask, rows, generator))
         features = self._features(h[:, -1])
         rep = torch.arange(B, device=self.device).repeat(seeds)
-        policy = self._policy(features, task_spec(name).action_dim)
+        policy = self._policy(h[:, -1], task_spec(name).action_dim)
         return Dreamer4State(owner=id(self), batch=B, seeds=seeds, task=name, action_width=task_spec(name).action_dim,
                              features_all=features[rep], policy_all=None if policy is None else policy[rep],
                              generator=generator, window=past.select(rep), latent_all=self.dynamics.unpack(x[:, -1])[rep],
@@ -263,14 +267,15 @@ class Dreamer4(WorldModel):
             preds.append(x_hat)
         h, window = state.window.appended(self._commit_tokens(z, a, mask, state.task_rows, state.generator))
         features = self._features(h[:, 0])
-        policy = self._policy(features, state.action_width)
+        policy = self._policy(h[:, 0], state.action_width)
         latent = dyn.unpack(z[:, 0])
         new = replace(state, window=window, latent_all=latent, features_all=features, policy_all=policy)
         S, B = state.seeds, state.batch
         seed_mean = lambda v: v.view(S, B, *v.shape[1:]).mean(0)  # noqa: E731
         reward = None
         if self.has_reward:
-            reward = seed_mean(dyn.heads.twohot.decode(dyn.heads.reward_logits(features[:, None])[:, 0, 0]))
+            pooled = self._pooled_agent(h[:, :1])
+            reward = seed_mean(dyn.heads.twohot.decode(dyn.heads.reward_logits(pooled)[:, 0, 0]))
         out = Step(latent=latent[:B], reward=reward, features=features[:B], policy_action=new.policy_action,
                    seed_latents=latent.view(S, B, *latent.shape[1:]) if S > 1 else None,
                    frame=self.decode(latent[:B, None])[:, 0] if decode else None)
@@ -289,16 +294,26 @@ class Dreamer4(WorldModel):
         step = torch.full((B, T), int(math.log2(cfg.k_max)), device=x.device)
         return dyn.tokens(z, tau_idx, step, prev, prev_mask, task)
 
-    def _features(self, h: Tensor) -> Tensor:
-        """Output tokens `[..., N, C]` -> features `[..., C]`: the pooled agent tokens the
-        heads read (their plain mean when the model has no heads)."""
+    def _pooled_agent(self, h: Tensor) -> Tensor:
+        """Output tokens `[..., N, C]` -> `[..., C]`: the pooled agent tokens the heads read
+        (their plain mean when the model has no heads)."""
         agent = h[..., self.dynamics.layout.agent, :]
         heads = self.dynamics.heads
         return agent.mean(-2) if heads is None else heads.pool(agent)
 
-    def _policy(self, features: Tensor, width: int) -> Tensor | None:
-        """The BC head's action `[..., width]` at features `[..., C]`, or None without one."""
-        return self.dynamics.heads.action(features)[..., :width] if self.has_policy else None
+    def _features(self, h: Tensor) -> Tensor:
+        """Output tokens `[..., N, C]` -> features `[..., C * (1 + S)]`: the pooled agent token
+        the heads read, then the normed spatial output tokens of the frame, which carry what
+        the next frame is predicted from. The agent token alone does not place objects: on
+        toy-reach (tiny) a linear probe recovered the agent and goal positions with R² 0.52 to
+        0.72 from it, 0.91 to 0.95 with the spatial tokens."""
+        dyn = self.dynamics
+        spatial = dyn.out_norm(h[..., dyn.layout.spatial, :]).flatten(-2)
+        return torch.cat([self._pooled_agent(h), spatial], -1)
+
+    def _policy(self, h: Tensor, width: int) -> Tensor | None:
+        """The BC head's action `[..., width]` for output tokens `[..., N, C]`, or None without one."""
+        return self.dynamics.heads.action(self._pooled_agent(h))[..., :width] if self.has_policy else None
 
 
 @dataclass

@@ -86,12 +86,15 @@ class Tokenizer(nn.Module):
         return torch.tanh(self.to_bottleneck(self.enc_norm(x[:, :self.cfg.n_latents])))
 
     def decode(self, latents: Tensor) -> Tensor:
-        """latents `[B, n_latents, d_bottleneck]` -> frames `[B, 3, H, W]` (unclamped)."""
+        """latents `[B, n_latents, d_bottleneck]` -> frames `[B, 3, H, W]` (unclamped). With
+        `residual_decoder` the patches are the difference from the running mean frame, so
+        the static background costs the latents nothing."""
         x = torch.cat([self.from_bottleneck(latents), self.decoder_queries.expand(len(latents), -1, -1)], dim=1)
         for block in self.decoder:
             x = block(x, mask=self.dec_mask)
         patches = self.patch_out(self.dec_norm(x[:, self.cfg.n_latents:]))
-        return unpatchify(patches, self.cfg.patch, self.cfg.image_size)
+        frames = unpatchify(patches, self.cfg.patch, self.cfg.image_size)
+        return frames + self.frame_mean.to(frames.dtype) if self.cfg.residual_decoder else frames
 
     def draw_patch_mask(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """Per frame, mask a fraction `1 - keep` of the patches, keep ~ U(keep_range); at

@@ -116,6 +116,10 @@ class Whale(WorldModel):
 
     # ---- imagination ----------------------------------------------------------------------
     @property
+    def feature_dim(self) -> int:
+        return self.cfg.dyn_dim
+
+    @property
     def max_context(self) -> int:
         """`cfg.max_context`: by default the `seq_len - 1` frames (itself included) a frame is
         predicted from in training."""

@@ -1,0 +1,148 @@
+"""`Learner`: a d3rlpy offline-RL algorithm over feature vectors, saved without pickles.
+
+    learner = Learner("iql", obs_dim=128, action_dim=2)
+    learner.update(obs, actions, rewards, next_obs, terminals)   # one gradient step
+    learner.act(obs)                  # [N, A] deterministic actions
+    learner.value(obs_t, actions_t)   # torch [N]: Q(f, a), batched for planners
+    learner.save("runs/offline/.../learner"); Learner.load(...)
+
+d3rlpy is the learner; Mirage supplies the batches (real and imagined transitions). A
+learner folder holds `learner.safetensors` (every torch module of the algorithm),
+`learner.json` (algorithm, sizes, hyperparameters, gradient steps) and, for resuming,
+`optim.pt` (optimiser states, loaded with `weights_only=True`). Nothing is unpickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+ALGOS = ("sac", "cql", "iql", "td3+bc", "bc")
+
+
+def d3rlpy():
+    """The d3rlpy module. Its import pulls in the unmaintained `gym` package, which prints a
+    deprecation banner to stderr that no Mirage user can act on: it is silenced here."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        import d3rlpy as module
+    return module
+
+
+def _config(algo: str, **hyper):
+    d3rlpy = globals()["d3rlpy"]()
+    configs = {"sac": d3rlpy.algos.SACConfig, "cql": d3rlpy.algos.CQLConfig, "iql": d3rlpy.algos.IQLConfig,
+               "td3+bc": d3rlpy.algos.TD3PlusBCConfig, "bc": d3rlpy.algos.BCConfig}
+    if algo not in configs:
+        raise ValueError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
+    cls = configs[algo]
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(hyper) - known)
+    if bad:
+        raise ValueError(f"{algo}: unknown hyperparameter(s) {', '.join(bad)}")
+    return cls(**hyper)
+
+
+class Learner:
+    """See the module docstring. `hyper` are the d3rlpy config's fields (e.g. `gamma`,
+    `batch_size`, `expectile`)."""
+
+    def __init__(self, algo: str, obs_dim: int, action_dim: int, device: str = "cpu:0", **hyper):
+        self.name, self.obs_dim, self.action_dim, self.hyper = algo, obs_dim, action_dim, hyper
+        self.algo = _config(algo, **hyper).create(device=device)
+        self.algo.create_impl((obs_dim,), action_dim)
+        self.steps = 0
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        m = self.algo.impl.modules
+        return {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if isinstance(getattr(m, f.name), nn.Module)}
+
+    @property
+    def has_critic(self) -> bool:
+        return self.name != "bc"
+
+    def update(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+               terminals: np.ndarray) -> dict[str, float]:
+        """One gradient step on a batch: `obs, next_obs [N, F]`, `actions [N, A]`, `rewards,
+        terminals [N]`."""
+        TransitionMiniBatch = d3rlpy().dataset.TransitionMiniBatch
+        n = len(obs)
+        f32 = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
+        batch = TransitionMiniBatch(observations=f32(obs), actions=f32(actions), rewards=f32(rewards).reshape(n, 1),
+                                    next_observations=f32(next_obs), next_actions=f32(actions),
+                                    terminals=f32(terminals).reshape(n, 1), intervals=np.ones((n, 1), np.float32),
+                                    transitions=[])
+        self.steps += 1
+        return self.algo.update(batch)
+
+    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
+        """Actions `[N, A]` for observations `[N, F]` (sampled from the policy with `explore`)."""
+        obs = np.ascontiguousarray(obs, np.float32)
+        if explore and self.name in ("sac", "cql"):
+            return self.algo.sample_action(obs)
+        return self.algo.predict(obs)
+
+    @torch.no_grad()
+    def policy(self, obs: Tensor) -> Tensor:
+        """Deterministic actions `[N, A]` for feature tensors `[N, F]` (torch, batched)."""
+        return self.algo.impl.predict_best_action(obs.float().to(self.algo.impl.device)).to(obs.device)
+
+    @torch.no_grad()
+    def value(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """Q(f, a) `[N]` (the critics' mean) for feature tensors `[N, F]` and actions `[N, A]`."""
+        if not self.has_critic:
+            raise ValueError("bc has no critic")
+        dev = self.algo.impl.device
+        return self.algo.impl.predict_value(obs.float().to(dev), actions.float().to(dev)).reshape(-1).to(obs.device)
+
+    @torch.no_grad()
+    def state_value(self, obs: Tensor) -> Tensor:
+        """V(f) = Q(f, π(f)) `[N]`: the terminal value of value-guided MPC."""
+        return self.value(obs, self.policy(obs))
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, folder: str | Path, with_optimizers: bool = False) -> Path:
+        """Write the learner into `folder` (each file atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {f"{name}.{k}": v.detach().contiguous().cpu() for name, mod in self.modules.items()
+                   for k, v in mod.state_dict().items()}
+        tmp = folder / f".learner.{os.getpid()}.tmp"
+        save_file(weights, str(tmp))
+        os.replace(tmp, folder / "learner.safetensors")
+        if with_optimizers:
+            m = self.algo.impl.modules
+            optims = {f.name: getattr(m, f.name).state_dict() for f in dataclasses.fields(m)
+                      if hasattr(getattr(m, f.name), "optim")}
+            torch.save(optims, tmp)
+            os.replace(tmp, folder / "optim.pt")
+        tmp.write_text(json.dumps({"algo": self.name, "obs_dim": self.obs_dim, "action_dim": self.action_dim,
+                                   "hyper": self.hyper, "steps": self.steps}, indent=2))
+        os.replace(tmp, folder / "learner.json")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu:0") -> "Learner":
+        folder = Path(folder)
+        if not (folder / "learner.json").exists() or not (folder / "learner.safetensors").exists():
+            raise ValueError(f"no learner in {folder} (learner.json and learner.safetensors)")
+        spec = json.loads((folder / "learner.json").read_text())
+        learner = cls(spec["algo"], spec["obs_dim"], spec["action_dim"], device=device, **spec["hyper"])
+        weights = load_file(str(folder / "learner.safetensors"))
+        for name, mod in learner.modules.items():
+            mod.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
+        if (folder / "optim.pt").exists():
+            m = learner.algo.impl.modules
+            for name, state in torch.load(folder / "optim.pt", map_location="cpu", weights_only=True).items():
+                getattr(m, name).load_state_dict(state)
+        learner.steps = spec["steps"]
+        return learner

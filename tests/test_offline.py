@@ -1,0 +1,107 @@
+"""Offline RL plumbing: d3rlpy learners saved without pickles, the model buffer, the MOPO
+loop's batches and resume, feature transitions, and one-line errors from offline.py."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import world_models
+from agents.learner import ALGOS, Learner
+from agents.offline import ModelBuffer, MOPOConfig, Transitions, feature_transitions, mopo
+from replay import EpisodeStore, collect
+from world_models.checkpoint import save_checkpoint
+from world_models.imagined import StartWindows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_transitions(n=64, obs=6, act=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return Transitions(rng.normal(size=(n, obs)).astype(np.float32), rng.uniform(-1, 1, (n, act)).astype(np.float32),
+                       rng.normal(size=n).astype(np.float32), rng.normal(size=(n, obs)).astype(np.float32),
+                       np.zeros(n, np.float32))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_learners_update_and_roundtrip_without_pickles(algo, tmp_path):
+    learner = Learner(algo, 6, 2, batch_size=32)
+    t = random_transitions()
+    for _ in range(3):
+        learner.update(t.obs, t.actions, t.rewards, t.next_obs, t.terminals)
+    learner.save(tmp_path, with_optimizers=True)
+    loaded = Learner.load(tmp_path)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(loaded.policy(x), learner.policy(x))
+    assert loaded.steps == 3 and loaded.act(x.numpy()).shape == (5, 2)
+    if learner.has_critic:
+        torch.testing.assert_close(loaded.state_value(x), learner.state_value(x))
+    with pytest.raises(ValueError, match="no learner"):
+        Learner.load(tmp_path / "missing")
+
+
+def test_learner_rejects_unknown_algorithms_and_fields():
+    with pytest.raises(ValueError, match="unknown algo"):
+        Learner("ppo", 4, 2)
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        Learner("iql", 4, 2, expectyle=0.7)
+
+
+def test_model_buffer_keeps_the_latest_rounds():
+    buf = ModelBuffer(10, 6, 2)
+    first, second = random_transitions(8, seed=1), random_transitions(8, seed=2)
+    buf.add(first)
+    buf.add(second)
+    assert len(buf) == 10
+    kept = {tuple(o) for o in buf.data.obs}
+    assert all(tuple(o) in kept for o in second.obs)            # the newest round is all there
+    assert sum(tuple(o) in kept for o in first.obs) == 2         # only the last 2 of the oldest
+
+
+class CountingLearner(Learner):
+    def __init__(self):
+        super().__init__("bc", 4, 2, batch_size=16)
+        self.batches = []
+
+    def update(self, obs, actions, rewards, next_obs, terminals):
+        self.batches.append(obs)
+        return super().update(obs, actions, rewards, next_obs, terminals)
+
+
+def test_mopo_mixes_real_and_imagined_and_resumes(tmp_path):
+    store = EpisodeStore(tmp_path)
+    collect("toy-reach", "random", store, 3, size=8, seed=0, progress=False)
+    model = world_models.make("ensemble", "tiny", tasks=("toy-reach",), max_epochs=2)
+    model.fit(store, store.episodes(), progress=False)
+    real = feature_transitions(model, store, store.episodes(), "toy-reach", progress=False)
+    assert len(real) == 3 * 50 and real.obs_dim == 4                 # every transition, as states
+    np.testing.assert_allclose(real.next_obs[:49], real.obs[1:50])
+    learner = CountingLearner()
+    starts = StartWindows(store, task="toy-reach", observation="states")
+    real.obs = real.obs + 1000  # marks the real rows (imagined rollouts start from the store's states)
+    cfg = MOPOConfig(steps=6, batch=16, rollout_every=3, rollout_batch=4, horizon=2, real_ratio=0.25, eval_every=3)
+    evals = mopo(model, learner, real, starts, cfg, evaluate=lambda l: {"return": 1.0}, progress=False)
+    assert [e["step"] for e in evals] == [3, 6] and learner.steps == 6
+    share = [np.mean(b[:, 0] > 500) for b in learner.batches]
+    assert share == [0.25] * 6                                        # 4 real + 12 imagined each
+    cfg_more = MOPOConfig(steps=8, batch=16, rollout_every=3, rollout_batch=4, horizon=2, eval_every=3)
+    assert [e["step"] for e in mopo(model, learner, real, starts, cfg_more, evaluate=lambda l: {}, progress=False)] == [8]
+
+
+def test_offline_entry_point_rejects_bad_input_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    bare = world_models.make("dreamer4", "tiny", reward_head=False, bc_head=False, context_rows=0.0)
+    save_checkpoint(tmp_path / "bare", bare)
+    store = tmp_path / "data"
+    collect("toy-reach", "random", store, 2, size=16, seed=0, progress=False)
+    cases = [("algo=ppo", "algo"), (f"checkpoint={tmp_path / 'nothing'}", "checkpoint"),
+             (f"checkpoint={tmp_path / 'bare'}", "reward head"),
+             (f"checkpoint={tmp_path / 'bare'} store={tmp_path / 'empty'} model_free=true", "no toy-reach episodes")]
+    for override, word in cases:
+        args = [sys.executable, str(ROOT / "experiments" / "offline.py"), f"store={store}", f"out={tmp_path / 'out'}",
+                f"checkpoint={tmp_path / 'bare'}", *override.split()]
+        run = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode != 0 and len(lines) == 1 and word in lines[0], (override, run.stderr)
