@@ -23,7 +23,9 @@ import torch
 import envs
 import world_models
 from agents.learner import Learner
+from agents.mpc import MPCAgent
 from agents.offline import MOPOConfig, feature_transitions, mopo
+from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from replay.experts import expert_path, train_sac_expert
 from uncertainty import StepPenalty, world_model_quality
@@ -37,7 +39,7 @@ MINUTES = {
     "expert_per_1k_steps": 0.29,        # SAC on cup-catch states, one torch thread
     "collect_per_1k_frames": 0.75,      # dm_control at 64 px, two env workers (rendering dominates)
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.61, "dynamics": 0.70}},
+                         "small": {"tokenizer": 0.36, "dynamics": 0.70}},
     "features_per_1k_frames": 0.1,
     "learner_per_1k_steps": 0.5,
 }
@@ -79,6 +81,31 @@ def write_json(path: Path, values: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(values, indent=2))
     os.replace(tmp, path)
+
+
+def make_planner(p, action_dim: int, seed: int) -> MPC:
+    """CEM-MPC from a config's `planner` fields (`experiments/configs/mpc.yaml`)."""
+    try:
+        cem = CEM(action_dim, p.horizon, population=p.population, elites=p.elites, iterations=p.iterations,
+                  init_std=p.init_std, min_std=p.min_std, max_std=p.max_std, momentum=p.momentum,
+                  noise_beta=p.noise_beta, keep_elites=p.keep_elites, select=p.select, seed=seed)
+        return MPC(cem, replan_every=p.replan_every)
+    except ValueError as err:
+        raise ValueError(f"planner: {err}") from None
+
+
+def make_mpc_agent(cfg, model, learner: Learner | None, action_dim: int, seed: int, context: int) -> MPCAgent:
+    """The main job's MPC agent from a config's `task`, `planner` and `agent` fields: the
+    learner's critic values each plan's end and its actor seeds the plans (the BC head when
+    there is no learner)."""
+    a = cfg.agent
+    use_value = a.value and learner is not None and learner.has_critic
+    prior = a.prior if (a.prior != "policy" or learner is not None) else "bc"
+    return MPCAgent(model, make_planner(cfg.planner, action_dim, seed), cfg.task, context=context,
+                    discount=a.discount, penalty=a.penalty, lam=a.lam, seeds=a.seeds,
+                    value=learner.state_value if use_value else None,
+                    policy=learner.policy if learner is not None else None, prior=prior,
+                    prior_samples=a.prior_samples, prior_noise=a.prior_noise, seed=seed)
 
 
 def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, seed: int,
@@ -138,7 +165,7 @@ class JobConfig:
     seed: int = 0
     store: str = "runs/data"
     expert_dir: str = "runs/experts"
-    expert_steps: int = 100_000
+    expert_steps: int = 30_000
     behavior: str = "mixed"
     episodes: int = 200
     episode_steps: int | None = 100

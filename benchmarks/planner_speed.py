@@ -2,16 +2,18 @@
 
     python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 6]
                                        [--checkpoint runs/train/dreamer4-small/cup-catch/0/checkpoint]
+                                       [--learner runs/offline/cup-catch/td3+bc/0/learner]
 
 A planning decision is one CEM solve inside `MPCAgent.act` (every `replan_every` agent
 steps); the steps in between pop queued actions and are timed too. Both are measured side
 by side in one run for the `small` Dreamer-4 model (a trained checkpoint when given, else
 a freshly initialised one: the cost does not depend on the weights) and for the oracle
-(the true simulator replaying every candidate). Settings come from
+(the true simulator replaying every candidate), each with the value-guided planner: a
+critic scores each plan's end and the actor seeds the plans (a fresh learner of the
+job's `algo` unless one is given). Settings come from
 `experiments/configs/mpc.yaml`, so the figures are those of the default main job.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,12 +21,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from mpc import make_mpc_agent  # noqa: E402
-
-import envs  # noqa: E402
-import world_models  # noqa: E402
-from world_models.oracle import Oracle  # noqa: E402
+import envs
+import world_models
+from agents.learner import Learner
+from agents.pipeline import make_mpc_agent
+from world_models.oracle import Oracle
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml"
 
@@ -50,6 +51,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--decisions", type=int, default=6, help="planning decisions timed per model")
     p.add_argument("--checkpoint", default=None, help="a trained small Dreamer-4 (default: fresh weights)")
+    p.add_argument("--learner", default=None, help="a learner folder on the model's features (default: fresh)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": args.task})
@@ -60,17 +62,20 @@ def main() -> None:
         model = world_models.make("dreamer4", "small", tasks=[args.task])
     model.eval()
     pl = cfg.planner
+    learner = Learner.load(args.learner) if args.learner else Learner(cfg.job.algo, model.feature_dim, spec.action_dim)
+    context = cfg.agent.context or model.max_context
     print(f"{args.task}, {args.threads} threads; planner: population {pl.population}, elites {pl.elites}, "
           f"{pl.iterations} iterations, horizon {pl.horizon}, replan every {pl.replan_every}; "
-          f"BC prior samples {cfg.agent.prior_samples}, context {cfg.agent.context}")
+          f"{cfg.agent.prior} prior samples {cfg.agent.prior_samples}, value {cfg.agent.value} ({learner.name}), "
+          f"context {context}")
     steps = args.decisions * pl.replan_every
     rows = []
     env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
-    agent = make_mpc_agent(cfg, model, spec.action_dim, seed=0)
+    agent = make_mpc_agent(cfg, model, learner, spec.action_dim, 0, context)
     rows.append((f"dreamer4/small{' (trained)' if args.checkpoint else ''}", *time_agent(agent, env, steps, 0)))
-    oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior_samples": 0, "context": 1}})
     env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
-    agent = make_mpc_agent(oracle_cfg, Oracle(env), spec.action_dim, seed=0)
+    oracle = Oracle(env)
+    agent = make_mpc_agent(cfg, oracle, Learner(cfg.job.algo, oracle.feature_dim, spec.action_dim), spec.action_dim, 0, 1)
     rows.append(("oracle", *time_agent(agent, env, steps, 0)))
     print(f"{'model':<26}{'ms / decision':>15}{'± std':>8}{'ms / queued step':>18}{'ms / agent step':>17}")
     for name, plan, queued in rows:

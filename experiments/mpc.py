@@ -34,35 +34,12 @@ from agents import BCAgent, FeaturePolicyAgent, MPCAgent, RandomAgent
 from agents.evaluate import run_episode
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
-from agents.pipeline import JobConfig, MainJob
-from planners import CEM, MPC
+from agents.pipeline import JobConfig, MainJob, make_mpc_agent, make_planner
 from replay import EpisodeStore
 from world_models.checkpoint import find_checkpoint
 from world_models.oracle import Oracle
 
 POLICIES = ("mpc", "actor", "bc", "random")
-
-
-def make_planner(cfg: DictConfig, action_dim: int, seed: int) -> MPC:
-    p = cfg.planner
-    try:
-        cem = CEM(action_dim, p.horizon, population=p.population, elites=p.elites, iterations=p.iterations,
-                  init_std=p.init_std, min_std=p.min_std, max_std=p.max_std, momentum=p.momentum,
-                  noise_beta=p.noise_beta, keep_elites=p.keep_elites, select=p.select, seed=seed)
-        return MPC(cem, replan_every=p.replan_every)
-    except ValueError as err:
-        raise ValueError(f"planner: {err}") from None
-
-
-def make_mpc_agent(cfg: DictConfig, model, learner: Learner | None, action_dim: int, seed: int,
-                   context: int) -> MPCAgent:
-    a = cfg.agent
-    use_value = a.value and learner is not None and learner.has_critic
-    prior = a.prior if (a.prior != "policy" or learner is not None) else "bc"
-    return MPCAgent(model, make_planner(cfg, action_dim, seed), cfg.task, context=context, discount=a.discount,
-                    penalty=a.penalty, lam=a.lam, seeds=a.seeds, value=learner.state_value if use_value else None,
-                    policy=learner.policy if learner is not None else None, prior=prior,
-                    prior_samples=a.prior_samples, prior_noise=a.prior_noise, seed=seed)
 
 
 def state_learner(cfg: DictConfig, store: EpisodeStore, algo: str, steps: int) -> Learner:
@@ -119,7 +96,7 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"policies: unknown {sorted(unknown)}; choose from {', '.join(POLICIES)}")
     if cfg.eval_episodes < 1:
         raise ValueError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
-    make_planner(cfg, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
+    make_planner(cfg.planner, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out or f"runs/mpc/{cfg.task}/{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)

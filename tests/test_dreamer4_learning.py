@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     # moved right by 0.9, so both halves see the same motion and only coverage differs
     collect("toy-reach", "mixed", stores["right"].root, 40, size=16, seed=7, progress=False, **RIGHT)
     held = stores["left"].sample(256, 9, rng=np.random.default_rng(1))
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     model = world_models.make("dreamer4", "tiny")
     untrained = world_model_quality(model.eval(), held)
     cfg = model.cfg

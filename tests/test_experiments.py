@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("planner.elites=999", "elites"),
     ("planner.replan_every=0", "replan_every"),
     ("eval_episodes=0", "eval_episodes"),
-    ("baselines=[bc,nope]", "baselines"),
+    ("policies=[mpc,nope]", "policies"),
     ("device=tpu", "device"),
 ])
 def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):

@@ -24,7 +24,7 @@ import torch
 from envs import task_spec
 from replay import EpisodeInfo, EpisodeStore
 from uncertainty.baselines import KNNDistance, ensemble_disagreement
-from uncertainty.fidelity import PHASES, WindowSampler, foreground_psnr
+from uncertainty.fidelity import WindowSampler, foreground_psnr
 from uncertainty.metrics import auroc, lpips, mse, shuffled_errors, spearman, ssim
 from uncertainty.predictors import MotionStats, RunningMotion, hallucination_signals, latent_motion
 from uncertainty.retracing import retracing_uncertainty
@@ -125,11 +125,7 @@ def phase_signals(model: WorldModel, store: EpisodeStore, episodes: list[Episode
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=model.device).manual_seed(seed)
     out = {}
-    for phase in PHASES:
-        try:
-            w = sampler.sample(windows, phase, rng)
-        except ValueError:
-            continue
+    for phase, w in sampler.by_phase(windows, rng):
         cols: dict[str, list] = {}
         imagined = []
         for i in range(0, windows, batch):

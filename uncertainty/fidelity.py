@@ -64,15 +64,26 @@ class WindowSampler:
             self._background[i] = np.median(self.eps[i].frames, axis=0).astype(np.uint8)
         return self._background[i]
 
-    def sample(self, n: int, phase: str | None, rng: np.random.Generator) -> Windows:
-        """`n` windows of `phase` (None: any), uniform over the allowed window starts."""
+    def _ranges(self, phase: str | None) -> list[tuple[int, int]]:
+        """Per episode, the [lo, hi) indices the last context frame of a `phase` window may take."""
         first_last = self.context - 1  # the earliest index of the last context frame
         ranges = []
         for ep in self.eps:
             hi = len(ep.frames) - self.horizon  # exclusive bound on the last context frame
-            lo, hi = {"start": (first_last, min(hi, self.start_steps)), "rest": (max(first_last, self.start_steps), hi),
-                      None: (first_last, hi)}[phase]
-            ranges.append((lo, hi))
+            ranges.append({"start": (first_last, min(hi, self.start_steps)),
+                           "rest": (max(first_last, self.start_steps), hi), None: (first_last, hi)}[phase])
+        return ranges
+
+    def by_phase(self, n: int, rng: np.random.Generator):
+        """`(phase, n windows)` for each phase of `PHASES` that these episodes have."""
+        for phase in PHASES:
+            if any(hi > lo for lo, hi in self._ranges(phase)):
+                yield phase, self.sample(n, phase, rng)
+
+    def sample(self, n: int, phase: str | None, rng: np.random.Generator) -> Windows:
+        """`n` windows of `phase` (None: any), uniform over the allowed window starts."""
+        first_last = self.context - 1
+        ranges = self._ranges(phase)
         sizes = np.array([max(0, hi - lo) for lo, hi in ranges], np.float64)
         if sizes.sum() == 0:
             raise ValueError(f"no window of phase {phase!r} fits these episodes")
@@ -184,11 +195,7 @@ def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeI
     probe = StateProbe().fit(window_features(model, fit, context, task), fit.states[:, last])
     sampler = WindowSampler(store, held, context=context, horizon=horizon, start_steps=start_steps)
     out = {}
-    for phase in PHASES:
-        try:
-            w = sampler.sample(windows, phase, rng)
-        except ValueError:
-            continue
+    for phase, w in sampler.by_phase(windows, rng):
         out.update({f"{phase}/{k}": v for k, v in rollout_report(model, w, context, task, seed).items()})
         r2 = probe.r2(window_features(model, w, context, task), w.states[:, last])
         out.update({f"{phase}/probe_r2/{n}": v for n, v in zip(names, r2.tolist())})

@@ -85,11 +85,12 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
         if start and "optimizer" in state:
             opt.load_state_dict(state["optimizer"])
         model.train()
+        windows = getattr(model.cfg, "phase_batches", {}).get(phase, (cfg.batch, cfg.seq_len))
         bar = tqdm(range(start, total), initial=start, total=total, desc=f"{model.name}/{phase}",
                    disable=not cfg.progress)
         t0 = time.perf_counter()
         for step in bar:
-            batch = store.sample(cfg.batch, cfg.seq_len, cfg.weighting, episodes=per_phase[phase], rng=rng)
+            batch = store.sample(*windows, cfg.weighting, episodes=per_phase[phase], rng=rng)
             with autocast:
                 loss, metrics = model.loss(batch, phase)
             opt.zero_grad(set_to_none=True)

@@ -54,6 +54,7 @@ class Dreamer4Config:
     weight_decay: float = 0.01
     batch: int = 16
     seq_len: int = 8
+    tok_batch: int = 0                   # > 0: a tokenizer step reads one frame from each of tok_batch windows
     tok_steps: int = 2000
     dyn_steps: int = 2000
 
@@ -83,6 +84,11 @@ class Dreamer4Config:
     @property
     def phase_steps(self) -> dict[str, int]:
         return {"tokenizer": self.tok_steps, "dynamics": self.dyn_steps}
+
+    @property
+    def phase_batches(self) -> dict[str, tuple[int, int]]:
+        """(windows, frames per window) a phase samples when it differs from (batch, seq_len)."""
+        return {"tokenizer": (self.tok_batch, 2)} if self.tok_batch else {}
 
 
 # The small presets train without the shortcut bootstrap: switched on early (measured on
@@ -115,14 +121,16 @@ PRESETS = {
                  mae_keep_range=(0.75, 1.0), mae_loss="all",
                  **{**_NO_BOOTSTRAP, "k_max": 2, "sample_steps": 2, "context_tau": 1.0, "context_rows": 1.0,
                     "flow_weighting": "uniform"}),
-    # the 64 px CPU model for one DMC task: on cup-catch (36 episodes) the tokenizer took
-    # 4.8 min and the dynamics 3.6 min on a free 2-core CPU. It keeps the paper's
-    # masked-only MAE loss (64 patches a frame) and takes the tiny preset's clean context,
-    # with half the rows in the two-stream layout and half all-noisy; rows are 4 frames
-    # long so the model can read velocities (the cup's ball swings).
+    # the 64 px CPU model for one DMC task. Its tokenizer departs from the paper where
+    # cup-catch showed it must (docs/cup_catch.md): the loss covers all patches under
+    # light masking and weighs moving pixels 5x, each step reads one frame from each of 32
+    # windows. With the paper's masked-only loss the cup and the ball vanished into the
+    # mean frame (foreground PSNR 13 dB) while the full frame read 29 dB. Clean context,
+    # half the rows two-stream; rows are 4 frames long so the model can read velocities.
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, tok_depth=2, n_latents=16,
                   d_bottleneck=16, dyn_dim=128, dyn_heads=4, dyn_depth=4, registers=2,
-                  agent_tokens=1, batch=16, seq_len=4, tok_steps=1200, dyn_steps=1500, lr=5e-4,
+                  agent_tokens=1, batch=16, seq_len=4, tok_batch=32, tok_steps=1500, dyn_steps=1500, lr=5e-4,
+                  mae_keep_range=(0.75, 1.0), mae_loss="all", fg_weight=4.0,
                   **{**_NO_BOOTSTRAP, "context_tau": 1.0, "context_rows": 0.5}),
     # appendix F scale, for GPUs (values the extracted paper lost are filled from Dreamer 4
     # reproductions: 128 px, patch 8, 64 latents x 32, spatial packing 2 -> 32 tokens)

@@ -66,6 +66,7 @@ class Dreamer4(WorldModel):
     def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
         frames = to_float_frames(batch["frames"].to(self.device))
         if phase == "tokenizer":
+            frames = frames[:, :1] if self.cfg.tok_batch else frames  # one frame per window: more windows, no twins
             return self.tokenizer.loss(rearrange(frames, "b t c h w -> (b t) c h w"))
         if phase != "dynamics":
             raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")

@@ -1,0 +1,100 @@
+"""Offline RL benchmark: BC, model-free learners and MOPO with each uncertainty signal, on
+one dataset, over seeds, printed as one table (mean ± std of the final real return).
+
+    python benchmarks/offline.py --task toy-reach --store runs/data --checkpoint <world model> [--seeds 3]
+    python benchmarks/offline.py --task toy-reach --store runs/data --state   # the state ensemble
+
+Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
+mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, u_f or token_entropy for
+pixel models; max_std and disagreement for the state ensemble). Every row learns from the
+same store and the same real transitions; the environment only evaluates. With `--state`
+the learners read recorded states and MOPO imagines with a state ensemble trained here.
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import envs
+import world_models
+from agents import FeaturePolicyAgent, ObservationPolicyAgent
+from agents.evaluate import evaluate
+from agents.learner import Learner
+from agents.offline import MOPOConfig, feature_transitions, mopo
+from replay import EpisodeStore
+from uncertainty import MotionStats, StepPenalty
+from world_models.imagined import StartWindows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="toy-reach")
+    p.add_argument("--store", default="runs/data")
+    p.add_argument("--checkpoint", default=None, help="a pixel world model (features and imagination)")
+    p.add_argument("--state", action="store_true", help="learn on recorded states with a state ensemble")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--algo", default="sac", help="the learner MOPO trains")
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if args.state == bool(args.checkpoint):
+        raise SystemExit("error: give --checkpoint (a pixel world model) or --state")
+    torch.set_num_threads(args.threads)
+    store = EpisodeStore(args.store)
+    episodes = store.episodes(task=args.task)
+    if not episodes:
+        raise SystemExit(f"error: no {args.task} episodes in {args.store}")
+    spec = envs.task_spec(args.task)
+    if args.state:
+        model = world_models.make("ensemble", "small", tasks=(args.task,))
+        print(f"training the state ensemble on {len(episodes)} episodes")
+        model.fit(store, episodes, progress=False)
+        signals, context, motion = ["max_std", "disagreement"], 1, None
+    else:
+        model = world_models.load(args.checkpoint)
+        signals = ["u_r", "u_s", *(["u_f"] if "flow_instability" in model.native_signals else []),
+                   *(["token_entropy"] if "token_entropy" in model.native_signals else [])]
+        context = model.max_context
+        motion = MotionStats.fit(store, model, episodes, windows=128)
+    real = feature_transitions(model, store, episodes, args.task, context=context, progress=False)
+    dataset = float(np.mean([store.load(e).episode_return for e in episodes]))
+    env = envs.make(args.task, obs="state" if args.state else "pixels",
+                    size=64 if args.state else model.cfg.image_size)
+    starts = StartWindows(store, episodes, task=args.task, context=context,
+                          observation="states" if args.state else "frames")
+
+    def agent_for(learner):
+        act = lambda o: learner.act(o[None])[0]  # noqa: E731
+        return (lambda s: ObservationPolicyAgent(act)) if args.state else \
+            (lambda s: FeaturePolicyAgent(model, act, args.task, context=context))
+
+    rows = [("bc", "bc", False, None, 0.0), *[(a, a, False, None, 0.0) for a in ("cql", "iql", "td3+bc")],
+            (f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0),
+            *[(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals]]
+    print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
+          f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each")
+    results = {}
+    for name, algo, use_model, signal, lam in rows:
+        returns, t0 = [], time.perf_counter()
+        for seed in range(args.seeds):
+            torch.manual_seed(seed)
+            learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99)
+            penalty = StepPenalty(signal, model, motion=motion, task=args.task) if signal else None
+            cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500)
+            ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,
+                      penalty=penalty, lam=lam, progress=False,
+                      evaluate=lambda l: evaluate(env, agent_for(l), args.episodes, seed=1000 * (seed + 1)))
+            returns.append(ev[-1]["return"])
+        results[name] = returns
+        print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f} ({(time.perf_counter() - t0) / 60:.1f} min)",
+              flush=True)
+    best_penalised = max((np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo"))
+    print(f"\ndataset mean {dataset:.1f}; best penalty: {best_penalised[1]} ({best_penalised[0]:.1f}) "
+          f"vs λ = 0 ({np.mean(results[f'mopo-{args.algo} λ=0']):.1f})")
+
+
+if __name__ == "__main__":
+    main()
