@@ -37,10 +37,10 @@ from world_models.training import TrainConfig, split_episodes, train
 # Minutes on this project's 2-core CPU (software GL): measured, see the issue notes.
 MINUTES = {
     "expert_per_1k_steps": 0.29,        # SAC on cup-catch states, one torch thread
-    "collect_per_1k_frames": 0.75,      # dm_control at 64 px, two env workers (rendering dominates)
+    "collect_per_1k_frames": 0.57,      # dm_control at 64 px, two env workers (rendering dominates)
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.36, "dynamics": 0.70}},
-    "features_per_1k_frames": 0.1,
+                         "small": {"tokenizer": 0.23, "dynamics": 0.21}},
+    "features_per_1k_frames": 0.28,
     "learner_per_1k_steps": 0.5,
 }
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed", "noise", "medium", "medium-replay")
