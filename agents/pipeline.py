@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 
@@ -29,7 +30,7 @@ from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from replay.experts import expert_path, train_sac_expert
 from uncertainty import StepPenalty, world_model_quality
-from uncertainty.fidelity import fidelity_report, zero_action_starts
+from uncertainty.fidelity import fidelity_report, start_rollout_image, zero_action_starts
 from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, split_episodes, train
@@ -109,9 +110,10 @@ def make_mpc_agent(cfg, model, learner: Learner | None, action_dim: int, seed: i
 
 
 def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, seed: int,
-                       batch: int = 32) -> dict[str, float]:
+                       batch: int = 32, out: Path | None = None) -> dict[str, float]:
     """Held-out quality per task: recon PSNR, 8-step rollout gain, shuffle ratio and, where
-    states were recorded, the fidelity report and the zero-action start check."""
+    states were recorded, the fidelity report and the zero-action start check (its picture,
+    real / reconstructed / imagined rows, to `<out>/<task>_zero_action_start.png`)."""
     rng = np.random.default_rng(seed)
     out = {}
     for task in tasks:
@@ -124,6 +126,9 @@ def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, s
             out.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, held, task, seed=seed).items()})
             if envs.task_spec(task).domain != "metaworld":
                 starts = zero_action_starts(model, task, seed=10_000 + seed)
+                if out is not None:
+                    image = np.kron(start_rollout_image(starts), np.ones((3, 3, 1), np.uint8))
+                    imageio.imwrite(out / f"{task}_zero_action_start.png", image)
                 if starts.imagined_rewards is not None:
                     out[f"{task}/zero_action_start/real_reward"] = starts.real_rewards.mean().item()
                     out[f"{task}/zero_action_start/imagined_reward"] = starts.imagined_rewards.mean().item()
@@ -150,7 +155,7 @@ def train_world_model(name: str, preset: str, tasks: list[str], store: EpisodeSt
                       weighting=weighting, seed=seed, progress=progress)
     metrics = train(model, store, train_eps, out, cfg)
     report = {**{k: v for k, v in metrics.items() if k.endswith("/seconds")},
-              **world_model_report(model, store, train_eps, held_eps, tasks, seed)}
+              **world_model_report(model, store, train_eps, held_eps, tasks, seed, out=out)}
     write_json(out / "quality.json", report)
     return report
 
