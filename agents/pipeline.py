@@ -115,24 +115,24 @@ def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, s
     states were recorded, the fidelity report and the zero-action start check (its picture,
     real / reconstructed / imagined rows, to `<out>/<task>_zero_action_start.png`)."""
     rng = np.random.default_rng(seed)
-    out = {}
+    report = {}
     for task in tasks:
         held = [e for e in held_eps if e.task == task] or [e for e in train_eps if e.task == task]
         q = world_model_quality(model, store.sample(batch, 9, episodes=held, rng=rng), seed)
-        out.update({f"{task}/recon_psnr_db": q.recon_psnr, f"{task}/rollout8_psnr_gain_db": q.rollout_gain,
-                    f"{task}/action_shuffle_ratio": q.shuffle_ratio})
+        report.update({f"{task}/recon_psnr_db": q.recon_psnr, f"{task}/rollout8_psnr_gain_db": q.rollout_gain,
+                       f"{task}/action_shuffle_ratio": q.shuffle_ratio})
         tr = [e for e in train_eps if e.task == task]
         if store.load(held[0]).states is not None and tr:
-            out.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, held, task, seed=seed).items()})
+            report.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, held, task, seed=seed).items()})
             if envs.task_spec(task).domain != "metaworld":
                 starts = zero_action_starts(model, task, seed=10_000 + seed)
                 if out is not None:
                     image = np.kron(start_rollout_image(starts), np.ones((3, 3, 1), np.uint8))
                     imageio.imwrite(out / f"{task}_zero_action_start.png", image)
                 if starts.imagined_rewards is not None:
-                    out[f"{task}/zero_action_start/real_reward"] = starts.real_rewards.mean().item()
-                    out[f"{task}/zero_action_start/imagined_reward"] = starts.imagined_rewards.mean().item()
-    return out
+                    report[f"{task}/zero_action_start/real_reward"] = starts.real_rewards.mean().item()
+                    report[f"{task}/zero_action_start/imagined_reward"] = starts.imagined_rewards.mean().item()
+    return report
 
 
 def train_world_model(name: str, preset: str, tasks: list[str], store: EpisodeStore, out: Path, *,

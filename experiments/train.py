@@ -14,57 +14,24 @@ state ensemble (PETS/MOPO) on the recorded states instead.
 """
 from pathlib import Path
 
-import numpy as np
 import torch
 from cli import entry_point, resolve_device
 from omegaconf import DictConfig, OmegaConf
 
 import world_models
+from agents.pipeline import world_model_report, write_json
 from replay import EpisodeStore
-from uncertainty import world_model_quality
-from uncertainty.fidelity import fidelity_report, start_rollout_image, zero_action_starts
 from world_models.checkpoint import save_checkpoint
 from world_models.training import TrainConfig, split_episodes, train, train_member
 
 
-def evaluate(model, store, episodes, batch: int, seed: int) -> dict[str, float]:
-    """Held-out metrics on windows of 9 frames (1 context + 8 imagined), per task."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for task in sorted({e.task for e in episodes}):
-        eps = [e for e in episodes if e.task == task]
-        b = store.sample(batch, 9, episodes=eps, rng=rng)
-        q = world_model_quality(model, b, seed)
-        out[f"{task}/recon_psnr_db"] = q.recon_psnr
-        out[f"{task}/rollout8_psnr_gain_db"] = q.rollout_gain
-        out[f"{task}/action_shuffle_ratio"] = q.shuffle_ratio
-    return out
-
-
-def fidelity(model, store, train_eps, held_eps, tasks, out: Path, seed: int) -> dict[str, float]:
-    """`fidelity_report` per task whose episodes recorded states, and the zero-action start
-    check with its picture (`<out>/<task>_zero_action_start.png`: real, reconstructed and
-    imagined rows), printed and logged."""
-    import imageio.v2 as imageio
+def log_scalars(out: Path, results: dict[str, float]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    results = {}
-    for task in tasks:
-        tr, ho = [e for e in train_eps if e.task == task], [e for e in held_eps if e.task == task]
-        if not tr or not ho or store.load(ho[0]).states is None:
-            continue
-        results.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, ho, task, seed=seed).items()})
-        starts = zero_action_starts(model, task, seed=10_000 + seed)
-        if starts.imagined_rewards is not None:
-            results[f"{task}/zero_action_start/real_reward"] = starts.real_rewards.mean().item()
-            results[f"{task}/zero_action_start/imagined_reward"] = starts.imagined_rewards.mean().item()
-        image = np.kron(start_rollout_image(starts), np.ones((3, 3, 1), np.uint8))
-        imageio.imwrite(out / f"{task}_zero_action_start.png", image)
     writer = SummaryWriter(str(out / "tb"))
     for k, v in results.items():
-        writer.add_scalar(f"fidelity/{k}", v, 0)
+        writer.add_scalar(f"quality/{k}", v, 0)
     writer.close()
-    return results
 
 
 def train_state_ensemble(cfg: DictConfig, tasks: list[str], store: EpisodeStore, out: Path) -> None:
@@ -115,8 +82,8 @@ def main(cfg: DictConfig) -> None:
     train_cfg = TrainConfig(steps=steps, batch=mc.batch, seq_len=mc.seq_len, lr=mc.lr, weight_decay=mc.weight_decay,
                             weighting=cfg.weighting, seed=cfg.seed, progress=cfg.progress)
     metrics = train(model, store, train_eps, out, train_cfg)
-    results = evaluate(model, store, held_eps or train_eps, cfg.eval_batch, cfg.seed)
-    results.update(fidelity(model, store, train_eps, held_eps or train_eps, tasks, out, cfg.seed))
+    results = world_model_report(model, store, train_eps, held_eps, tasks, cfg.seed, batch=cfg.eval_batch, out=out)
+    log_scalars(out, results)
     print(f"{'phase time':<40}" + "  ".join(f"{p} {metrics.get(f'{p}/seconds', 0) / 60:.1f} min" for p in model.phases))
     for k, v in results.items():
         print(f"{k:<40}{v:8.3f}")
@@ -130,16 +97,6 @@ def main(cfg: DictConfig) -> None:
             members.append(str(out / f"member{k}" / "checkpoint"))
         print(f"ensemble baseline: python experiments/hallucination.py checkpoint={out / 'checkpoint'} "
               f"task={tasks[0]} \"ensemble=[{','.join(members)}]\"")
-
-
-def write_json(path: Path, values: dict) -> None:
-    """Atomically write `values` as JSON."""
-    import json
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
