@@ -106,3 +106,10 @@ def test_ensemble_members_share_all_but_the_last_phase(toy_store, tmp_path, name
     differ = [not torch.equal(a, b) for a, b in zip(*(m.phase_parameters(last) for m in members))]
     assert any(differ)  # the members' dynamics differ from each other
     assert load_trainer_state(find_checkpoint(tmp_path / "member1" / "checkpoint"))["phase"] == len(base.phases)
+
+
+def test_frames_of_another_size_are_refused_by_name(toy_store, tmp_path):
+    model = world_models.make("dreamer4", "tiny", image_size=8, patch=4)
+    with pytest.raises(ValueError, match=r"16x16 px; this dreamer4 model takes 8x8 \(collect with size=8\)"):
+        train(model, toy_store, toy_store.episodes(), tmp_path, TrainConfig(steps={"tokenizer": 1, "dynamics": 1}))
+    assert not (tmp_path / "checkpoint").exists()

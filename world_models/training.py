@@ -60,6 +60,12 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
     per_phase = episodes if isinstance(episodes, dict) else {phase: episodes for phase in model.phases}
     if set(per_phase) != set(model.phases) or not all(per_phase.values()):
         raise ValueError(f"episodes must be one non-empty list, or a non-empty list for each phase of {model.phases}")
+    size = model.cfg.image_size
+    for eps in per_phase.values():
+        h, w = store.load(eps[0]).frames.shape[-2:]
+        if (h, w) != (size, size):
+            raise ValueError(f"{eps[0].task} episodes in {store.root} are {h}x{w} px; this {model.name} model "
+                             f"takes {size}x{size} (collect with size={size})")
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
