@@ -12,8 +12,10 @@ then evaluates `eval_episodes` episodes per policy on the same start states:
 - bc: the world model's BC head; random: uniform actions;
 - with `oracle=true`, mpc-oracle: the same planner on the true simulator with a critic
   learned offline on the recorded states (the ceiling).
-It prints means with 95% intervals and writes TensorBoard logs, `metrics.csv` and, per MPC
-episode, a video of the real frames beside what the model imagined for its plans.
+It prints means with 95% intervals and how far the critic can be trusted (its error on the
+actor's own episodes, and how much H imagined steps move its value: `agents/value_check.py`),
+and writes TensorBoard logs, `metrics.csv`, `value_check.json` and, for the first MPC
+episodes, videos of the real frames beside what the model imagined for its plans.
 """
 import csv
 import os
@@ -24,17 +26,17 @@ import numpy as np
 import torch
 from cli import entry_point, resolve_device
 from omegaconf import DictConfig, OmegaConf
-from scipy import stats
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import envs
 import world_models
 from agents import BCAgent, FeaturePolicyAgent, MPCAgent, RandomAgent
-from agents.evaluate import run_episode
+from agents.evaluate import interval, run_episode
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
-from agents.pipeline import JobConfig, MainJob, make_mpc_agent, make_planner
+from agents.pipeline import JobConfig, MainJob, make_mpc_agent, make_planner, write_json
+from agents.value_check import summarize, value_check
 from replay import EpisodeStore
 from world_models.checkpoint import find_checkpoint
 from world_models.oracle import Oracle
@@ -81,12 +83,6 @@ def write_video(path: Path, real: list[np.ndarray], imagined: list[np.ndarray], 
     os.replace(tmp, path)
 
 
-def interval(values: np.ndarray) -> float:
-    """Half-width of the 95% t-interval of the mean."""
-    n = len(values)
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-
-
 @entry_point("mpc")
 def main(cfg: DictConfig) -> None:
     spec = envs.task_spec(cfg.task)
@@ -115,7 +111,7 @@ def main(cfg: DictConfig) -> None:
             checkpoint = find_checkpoint(cfg.checkpoint)
             if checkpoint is None:
                 raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
-        model = world_models.load(checkpoint, device=str(device))
+        model = world_models.load(checkpoint, device=str(device), **cfg.sampling)
         if cfg.task not in model.tasks:
             raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
         if cfg.learner == "auto":
@@ -140,7 +136,7 @@ def main(cfg: DictConfig) -> None:
 
     env = envs.make(cfg.task, obs="pixels", size=size, seed=cfg.seed)
     writer = SummaryWriter(str(out / "tb"))
-    rows = []
+    rows, checks = [], []
     for name, build in policies.items():
         bar = tqdm(total=cfg.eval_episodes * spec.episode_length, desc=name, unit="step", disable=not cfg.progress)
         for k in range(cfg.eval_episodes):
@@ -152,7 +148,13 @@ def main(cfg: DictConfig) -> None:
                 bar.update(1)
                 if track is not None:
                     track(t)
-            result = run_episode(env, agent, seed, keep_frames=track is not None, on_step=on_step)
+            check = name == "actor" and learner.has_critic
+            result = run_episode(env, agent, seed, keep_frames=track is not None or check, on_step=on_step)
+            if check:
+                checks.append(value_check(model, learner, torch.from_numpy(np.stack(result.frames)),
+                                          torch.from_numpy(np.stack(result.actions)), np.array(result.rewards),
+                                          cfg.task, gamma=cfg.agent.discount, context=context,
+                                          horizon=cfg.planner.horizon))
             rows.append({"policy": name, "episode": k, "seed": seed, "return": round(result.episode_return, 3),
                          "success": "" if result.success is None else int(result.success),
                          "steps": result.steps, "seconds": round(result.seconds, 1)})
@@ -176,7 +178,14 @@ def main(cfg: DictConfig) -> None:
         succ = [row["success"] for row in r if row["success"] != ""]
         print(f"{name:<12}{ret.mean():>17.1f} ± {interval(ret):<6.1f}{ret.std():>8.1f}"
               f"{(f'{np.mean(succ):.0%}' if succ else '-'):>9}{np.mean([row['seconds'] for row in r]):>13.1f}")
-    print(f"logs, metrics.csv and videos: {out}")
+    if checks:
+        v = summarize(checks)
+        write_json(out / "value_check.json", v)
+        print(f"critic on the actor's own episodes: Q MAE {v['q_mae']:.1f} (bias {v['q_bias']:+.1f}, correlation "
+              f"{v['q_corr']:.2f}) against returns-to-go of mean {v['return_mean']:.1f}; after {cfg.planner.horizon} "
+              f"imagined steps V is off by {v['imagined_v_gap']:.1f} (bias {v['imagined_v_bias']:+.1f}; "
+              f"V's spread on real frames {v['v_std']:.1f})")
+    print(f"logs, metrics.csv, value_check.json and videos: {out}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import envs
-from agents import MPCAgent
+from agents import MPCAgent, RandomAgent
 from agents.evaluate import run_episode
 from planners import CEM, MPC
 from world_models.oracle import Oracle
@@ -64,3 +64,27 @@ def test_penalty_by_name_is_divided_by_scene_motion():
     torch.testing.assert_close(free - halved, (free - plain) / 2)
     with pytest.raises(ValueError, match="seeds >= 2"):
         MPCAgent(model, MPC(CEM(2, horizon=4)), "toy-reach", penalty="u_s", lam=1.0)
+
+
+def test_value_check_pairs_values_with_returns_and_imagined_values():
+    import world_models
+    from agents.learner import Learner
+    from agents.value_check import discounted_returns, summarize, value_check
+
+    np.testing.assert_allclose(discounted_returns(np.array([1.0, 0.0, 2.0]), 0.5), [1.5, 1.0, 2.0])
+    torch.manual_seed(0)
+    model = world_models.make("dreamer4", "tiny").eval()
+    env = envs.make("toy-reach", size=16, seed=0)
+    result = run_episode(env, RandomAgent(2, seed=0), 0, keep_frames=True)
+    assert len(result.frames) == result.steps + 1 == len(result.actions) + 1 == len(result.rewards) + 1
+    learner = Learner("td3+bc", model.feature_dim, 2)
+    checks = [value_check(model, learner, torch.from_numpy(np.stack(result.frames)),
+                          torch.from_numpy(np.stack(result.actions)), np.array(result.rewards), "toy-reach",
+                          gamma=0.9, context=2, horizon=3, every=5)]
+    c = checks[0]
+    assert len(c["q"]) == len(c["returns"]) == result.steps - 29  # 0.9^29 < 0.05: the cut returns are left out
+    np.testing.assert_allclose(c["returns"], discounted_returns(np.array(result.rewards), 0.9)[: len(c["q"])])
+    assert len(c["v_real"]) == len(c["v_imagined"]) == len(range(1, result.steps - 3, 5))
+    s = summarize(checks)
+    assert s["q_mae"] == pytest.approx(np.abs(c["q"] - c["returns"]).mean())
+    assert s["imagined_v_gap"] > 0  # an untrained model's imagination moves the value

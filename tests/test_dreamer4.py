@@ -152,6 +152,12 @@ def test_checkpoint_roundtrip(model, tmp_path):
     b = loaded.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a.latents, b.latents)
     assert loaded.tasks == ("toy-reach", "cup-catch")
+    one_step = world_models.load(tmp_path / "ckpt", sample_steps=1)  # a sampling field, same weights
+    assert one_step.cfg.sample_steps == 1 and one_step.cfg.k_max == model.cfg.k_max
+    c = one_step.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
+    assert c.latents.shape == a.latents.shape and not torch.allclose(c.latents, a.latents)
+    with pytest.raises(ValueError, match="unknown Dreamer4Config field"):
+        world_models.load(tmp_path / "ckpt", depth=2)
 
 
 def test_shortcut_bootstrap_rows_train_coarse_steps():
@@ -170,9 +176,9 @@ def test_shortcut_bootstrap_rows_train_coarse_steps():
     assert coarse.abs().sum() > 0
 
 
-def test_config_rejects_untrained_sampling_steps():
-    with pytest.raises(ValueError, match="sample_steps must equal k_max"):
-        world_models.make("dreamer4", "tiny", k_max=8, sample_steps=4, self_consistency=0.0)
+def test_config_rejects_bad_fields():
+    with pytest.raises(ValueError, match="powers of two"):
+        world_models.make("dreamer4", "tiny", sample_steps=3)
     with pytest.raises(ValueError, match="unknown Dreamer4Config field"):
         world_models.make("dreamer4", "tiny", depth=3)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -45,8 +45,9 @@ def make(name: str, preset: str = "small", *, tasks: tuple[str, ...] = ("toy-rea
     return model_cls(make_config(preset, **overrides), tasks=tuple(tasks))
 
 
-def load(path: str | Path, device: str = "cpu") -> Simulator:
-    """Rebuild a saved model from its JSON config and safetensors weights."""
+def load(path: str | Path, device: str = "cpu", **overrides) -> Simulator:
+    """Rebuild a saved model from its JSON config and safetensors weights. `overrides`
+    replace config fields that do not change the weights, e.g. Dreamer-4's `sample_steps`."""
     folder = find_checkpoint(path)
     if folder is None:
         raise ValueError(f"no checkpoint at {path}")
@@ -55,8 +56,11 @@ def load(path: str | Path, device: str = "cpu") -> Simulator:
         raise ValueError(f"{path}: unknown world model {spec['name']!r}")
     model_cls, config_cls, _ = _family(spec["name"])
     known = {f.name for f in fields(config_cls)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown {config_cls.__name__} field(s): {', '.join(bad)}")
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items() if k in known}
-    model = model_cls(config_cls(**cfg), tasks=tuple(spec["tasks"]))
+    model = model_cls(config_cls(**{**cfg, **overrides}), tasks=tuple(spec["tasks"]))
     load_weights(model, folder)
     return model.to(device).eval()
 

@@ -249,7 +249,9 @@ class Dreamer4(WorldModel):
              decode: bool = False) -> tuple[Dreamer4State, Step]:
         """See `Simulator.step`: K shortcut Euler substeps sample the next frame, each reading
         the window; the finished frame joins the window at the context noise level, and the
-        heads read its agent token. Native signal: `flow_instability`, the RMS movement of the
+        heads read its agent token. A model trained without bootstrap rows knows only the
+        finest step, so its substeps read that step's embedding and move by the x-prediction
+        whatever their size. Native signal: `flow_instability`, the RMS movement of the
         clean-frame prediction over the second half of the substeps."""
         a, mask = self.check_step_actions(state, actions)
         unknown = set(signals) - set(self.native_signals)
@@ -259,7 +261,7 @@ class Dreamer4(WorldModel):
         a, mask = a[:, None], mask[:, None]
         R, K = a.shape[0], cfg.sample_steps
         z = torch.randn(R, 1, dyn.n_spatial, dyn.d_spatial, generator=state.generator, device=self.device)
-        step = torch.full((R, 1), int(math.log2(K)), device=self.device)
+        step = torch.full((R, 1), int(math.log2(K if cfg.self_consistency else cfg.k_max)), device=self.device)
         preds = []
         for k in range(K):
             tau_idx = torch.full((R, 1), k * cfg.k_max // K, device=self.device)
