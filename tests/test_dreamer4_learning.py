@@ -15,8 +15,10 @@ import torch
 
 import envs
 import world_models
-from agents import MPCAgent, RandomAgent
+from agents import FeaturePolicyAgent, MPCAgent, RandomAgent
 from agents.evaluate import run_episode
+from agents.learner import Learner
+from agents.offline import MOPOConfig, feature_transitions, mopo
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from uncertainty import KNNDistance, MotionStats, spearman, world_model_quality
@@ -118,3 +120,33 @@ def test_predictors_flag_the_uncovered_half(trained):
         assert spearman(torch.as_tensor(both[name]), psnr) <= -0.3, name
     for name in ("u_r/m", "u_s/m", "u_f/m", "knn", "retracing"):
         assert right[name].mean() > left[name].mean(), name
+
+
+def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
+    # The main job's planner in miniature: an actor and critic learned offline (TD3+BC) on
+    # the model's features of the covered episodes value each plan's end and seed the plans.
+    # With a 2-step horizon the reward-only planner sees little of where a reach leads.
+    # When written: value-guided 48.0, reward-only 43.0, the actor alone 47.8, random 32.7.
+    model = trained.model
+    real = feature_transitions(model, trained.stores["train"], trained.covered, "toy-reach", progress=False)
+    torch.manual_seed(0)
+    learner = Learner("td3+bc", real.obs_dim, 2, gamma=0.99)
+    mopo(None, learner, real, None, MOPOConfig(steps=2000, eval_every=2000), progress=False)
+    env = envs.make("toy-reach", size=16, **LEFT)
+
+    def mpc(guided: bool) -> MPCAgent:
+        cem = CEM(2, horizon=2, population=32, elites=6, iterations=2, init_std=0.5, noise_beta=1.0, seed=0)
+        return MPCAgent(model, MPC(cem, replan_every=1), "toy-reach", context=2, discount=0.99,
+                        value=learner.state_value if guided else None, policy=learner.policy,
+                        prior="policy" if guided else "bc", prior_samples=4, seed=0)
+    seeds = range(100, 108)
+    returns = {
+        "value-guided": [run_episode(env, mpc(True), s).episode_return for s in seeds],
+        "reward-only": [run_episode(env, mpc(False), s).episode_return for s in seeds],
+        "actor": [run_episode(env, FeaturePolicyAgent(model, lambda f: learner.act(f[None])[0], "toy-reach",
+                                                      context=2), s).episode_return for s in seeds],
+        "random": [run_episode(env, RandomAgent(2, seed=s), s).episode_return for s in seeds],
+    }
+    print("toy-reach, 8 episodes: " + ", ".join(f"{k} {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in returns.items()))
+    guided, reward_only, rand = (np.mean(returns[k]) for k in ("value-guided", "reward-only", "random"))
+    assert guided > reward_only + 1 and guided > rand + 5, returns
