@@ -2,7 +2,7 @@
 
     python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 6]
                                        [--checkpoint runs/train/dreamer4-small/cup-catch/0/checkpoint]
-                                       [--learner runs/offline/cup-catch/td3+bc/0/learner]
+                                       [--learner runs/offline/cup-catch/td3+bc/0/learner] [overrides ...]
 
 A planning decision is one CEM solve inside `MPCAgent.act` (every `replan_every` agent
 steps); the steps in between pop queued actions and are timed too. Both are measured side
@@ -11,7 +11,8 @@ a freshly initialised one: the cost does not depend on the weights) and for the 
 (the true simulator replaying every candidate), each with the value-guided planner: a
 critic scores each plan's end and the actor seeds the plans (a fresh learner of the
 job's `algo` unless one is given). Settings come from
-`experiments/configs/mpc.yaml`, so the figures are those of the default main job.
+`experiments/configs/mpc.yaml` (with any `key=value` overrides), so the figures are those
+of the default main job.
 """
 import argparse
 import time
@@ -52,14 +53,16 @@ def main() -> None:
     p.add_argument("--decisions", type=int, default=6, help="planning decisions timed per model")
     p.add_argument("--checkpoint", default=None, help="a trained small Dreamer-4 (default: fresh weights)")
     p.add_argument("--learner", default=None, help="a learner folder on the model's features (default: fresh)")
+    p.add_argument("overrides", nargs="*", help="mpc.yaml overrides, e.g. planner.horizon=5 +sampling.sample_steps=2")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": args.task})
+    dotlist = [o.lstrip("+") for o in args.overrides]
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": args.task}, OmegaConf.from_dotlist(dotlist))
     spec = envs.task_spec(args.task)
     if args.checkpoint:
-        model = world_models.load(args.checkpoint)
+        model = world_models.load(args.checkpoint, **cfg.sampling)
     else:
-        model = world_models.make("dreamer4", "small", tasks=[args.task])
+        model = world_models.make("dreamer4", "small", tasks=[args.task], **cfg.sampling)
     model.eval()
     pl = cfg.planner
     learner = Learner.load(args.learner) if args.learner else Learner(cfg.job.algo, model.feature_dim, spec.action_dim)

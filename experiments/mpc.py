@@ -185,7 +185,7 @@ def main(cfg: DictConfig) -> None:
               f"{v['q_corr']:.2f}) against returns-to-go of mean {v['return_mean']:.1f}; after {cfg.planner.horizon} "
               f"imagined steps V is off by {v['imagined_v_gap']:.1f} (bias {v['imagined_v_bias']:+.1f}; "
               f"V's spread on real frames {v['v_std']:.1f})")
-    print(f"logs, metrics.csv, value_check.json and videos: {out}")
+    print(f"logs, metrics.csv{', value_check.json' if checks else ''} and videos: {out}")
 
 
 if __name__ == "__main__":
