@@ -35,14 +35,15 @@ from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, split_episodes, train
 
-# Minutes on this project's 2-core CPU (software GL): measured, see the issue notes.
+# Minutes on this project's 2-core CPU (software GL), measured with nothing else running
+# (reacher-easy's first run; see the issue notes).
 MINUTES = {
-    "expert_per_1k_steps": 0.29,        # SAC on cup-catch states, one torch thread
-    "collect_per_1k_frames": 0.57,      # dm_control at 64 px, two env workers (rendering dominates)
+    "expert_per_1k_steps": 0.20,        # SAC on dm_control states, one torch thread
+    "collect_per_1k_frames": 0.15,      # dm_control at 64 px, two env workers (rendering dominates)
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.23, "dynamics": 0.21}},
-    "features_per_1k_frames": 0.28,
-    "learner_per_1k_steps": 0.5,
+                         "small": {"tokenizer": 0.30, "dynamics": 0.28}},
+    "features_per_1k_frames": 0.40,
+    "learner_per_1k_steps": 0.55,
 }
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed", "noise", "medium", "medium-replay")
 
