@@ -25,6 +25,7 @@ import envs
 import world_models
 from agents.learner import Learner
 from agents.mpc import MPCAgent
+from agents.policy import FeaturePolicyAgent
 from agents.offline import MOPOConfig, feature_transitions, mopo
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
@@ -108,6 +109,11 @@ def make_mpc_agent(cfg, model, learner: Learner | None, action_dim: int, seed: i
                     value=learner.state_value if use_value else None,
                     policy=learner.policy if learner is not None else None, prior=prior,
                     prior_samples=a.prior_samples, prior_noise=a.prior_noise, seed=seed)
+
+
+def make_actor_agent(model, learner: Learner, task: str, context: int) -> FeaturePolicyAgent:
+    """The offline actor alone, acting from the model's features of its last `context` real frames."""
+    return FeaturePolicyAgent(model, lambda f: learner.act(f[None])[0], task, context=context)
 
 
 def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, seed: int,

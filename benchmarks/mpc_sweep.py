@@ -21,10 +21,9 @@ from omegaconf import OmegaConf
 
 import envs
 import world_models
-from agents import FeaturePolicyAgent
 from agents.evaluate import interval, run_episode
 from agents.learner import Learner
-from agents.pipeline import JobConfig, MainJob, make_mpc_agent
+from agents.pipeline import JobConfig, MainJob, make_actor_agent, make_mpc_agent
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml"
 
@@ -57,8 +56,7 @@ def main() -> None:
 
     model = world_models.load(checkpoint)
     context = base.agent.context or model.max_context
-    run("actor", lambda s: FeaturePolicyAgent(model, lambda f: learner.act(f[None])[0], args.task, context=context),
-        model)
+    run("actor", lambda s: make_actor_agent(model, learner, args.task, context), model)
     for variant in args.variant or [""]:
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(variant.split()))
         model = world_models.load(checkpoint, **cfg.sampling)

@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 
 import envs
 import world_models
-from agents import BCAgent, FeaturePolicyAgent, MPCAgent, RandomAgent
+from agents import BCAgent, MPCAgent, RandomAgent
 from agents.evaluate import interval, run_episode
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
-from agents.pipeline import JobConfig, MainJob, make_mpc_agent, make_planner, write_json
+from agents.pipeline import JobConfig, MainJob, make_actor_agent, make_mpc_agent, make_planner, write_json
 from agents.value_check import summarize, value_check
 from replay import EpisodeStore
 from world_models.checkpoint import find_checkpoint
@@ -123,8 +123,7 @@ def main(cfg: DictConfig) -> None:
         if "mpc" in cfg.policies:
             policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, learner, spec.action_dim, s, context)
         if "actor" in cfg.policies and learner is not None:
-            policies["actor"] = lambda env, s: FeaturePolicyAgent(model, lambda f: learner.act(f[None])[0], cfg.task,
-                                                                  context=context)
+            policies["actor"] = lambda env, s: make_actor_agent(model, learner, cfg.task, context)
         if "bc" in cfg.policies and model.has_policy:
             policies["bc"] = lambda env, s: BCAgent(model, cfg.task, spec.action_dim, context=context, seed=s)
     if cfg.world_model == "oracle" or cfg.oracle:

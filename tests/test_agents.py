@@ -69,6 +69,7 @@ def test_penalty_by_name_is_divided_by_scene_motion():
 def test_value_check_pairs_values_with_returns_and_imagined_values():
     import world_models
     from agents.learner import Learner
+    from agents.offline import episode_features
     from agents.value_check import discounted_returns, summarize, value_check
 
     np.testing.assert_allclose(discounted_returns(np.array([1.0, 0.0, 2.0]), 0.5), [1.5, 1.0, 2.0])
@@ -84,7 +85,14 @@ def test_value_check_pairs_values_with_returns_and_imagined_values():
     c = checks[0]
     assert len(c["q"]) == len(c["returns"]) == result.steps - 29  # 0.9^29 < 0.05: the cut returns are left out
     np.testing.assert_allclose(c["returns"], discounted_returns(np.array(result.rewards), 0.9)[: len(c["q"])])
-    assert len(c["v_real"]) == len(c["v_imagined"]) == len(range(1, result.steps - 3, 5))
+    # each value is paired with the step it belongs to: Q(f_t, a_t) with G_t, V(f_{t+3}) three
+    # steps after each imagined start (t = 1, 6, ...), as the real frames give it
+    frames, actions = torch.from_numpy(np.stack(result.frames)), torch.from_numpy(np.stack(result.actions))
+    feats = episode_features(model, frames, actions, "toy-reach", 2)
+    np.testing.assert_allclose(c["q"], learner.value(feats[: len(c["q"])], actions[: len(c["q"])]).numpy(), rtol=1e-5)
+    starts = list(range(1, result.steps - 3, 5))
+    np.testing.assert_allclose(c["v_real"], learner.state_value(feats[[t + 3 for t in starts]]).numpy(), rtol=1e-5)
+    assert len(c["v_imagined"]) == len(starts)
     s = summarize(checks)
     assert s["q_mae"] == pytest.approx(np.abs(c["q"] - c["returns"]).mean())
     assert s["imagined_v_gap"] > 0  # an untrained model's imagination moves the value

@@ -156,6 +156,13 @@ def test_checkpoint_roundtrip(model, tmp_path):
     assert one_step.cfg.sample_steps == 1 and one_step.cfg.k_max == model.cfg.k_max
     c = one_step.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     assert c.latents.shape == a.latents.shape and not torch.allclose(c.latents, a.latents)
+    # trained without bootstrap rows, the model reads only the finest step's embedding
+    # (d = 1/k_max) whatever the substep size: the coarse rows never reach a rollout
+    assert one_step.cfg.self_consistency == 0
+    with torch.no_grad():
+        one_step.dynamics.step_embed.weight[:-1].normal_()
+    d = one_step.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(d.latents, c.latents)
     with pytest.raises(ValueError, match="unknown Dreamer4Config field"):
         world_models.load(tmp_path / "ckpt", depth=2)
 

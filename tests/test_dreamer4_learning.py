@@ -15,10 +15,11 @@ import torch
 
 import envs
 import world_models
-from agents import FeaturePolicyAgent, MPCAgent, RandomAgent
+from agents import MPCAgent, RandomAgent
 from agents.evaluate import run_episode
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
+from agents.pipeline import make_actor_agent
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from uncertainty import KNNDistance, MotionStats, spearman, world_model_quality
@@ -143,8 +144,7 @@ def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
     returns = {
         "value-guided": [run_episode(env, mpc(True), s).episode_return for s in seeds],
         "reward-only": [run_episode(env, mpc(False), s).episode_return for s in seeds],
-        "actor": [run_episode(env, FeaturePolicyAgent(model, lambda f: learner.act(f[None])[0], "toy-reach",
-                                                      context=2), s).episode_return for s in seeds],
+        "actor": [run_episode(env, make_actor_agent(model, learner, "toy-reach", 2), s).episode_return for s in seeds],
         "random": [run_episode(env, RandomAgent(2, seed=s), s).episode_return for s in seeds],
     }
     print("toy-reach, 8 episodes: " + ", ".join(f"{k} {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in returns.items()))
