@@ -37,10 +37,10 @@ from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, split_episodes, train
 
 # Minutes on this project's 2-core CPU (software GL), measured with nothing else running
-# (reacher-easy's first run; see the issue notes).
+# (reacher-easy's first run, Meta-World collection from mw-handle-press; see the issue notes).
 MINUTES = {
     "expert_per_1k_steps": 0.20,        # SAC on dm_control states, one torch thread
-    "collect_per_1k_frames": 0.15,      # dm_control at 64 px, two env workers (rendering dominates)
+    "collect_per_1k_frames": {"dmc": 0.15, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
                          "small": {"tokenizer": 0.30, "dynamics": 0.28}},
     "features_per_1k_frames": 0.40,
@@ -92,7 +92,7 @@ def make_planner(p, action_dim: int, seed: int) -> MPC:
         cem = CEM(action_dim, p.horizon, population=p.population, elites=p.elites, iterations=p.iterations,
                   init_std=p.init_std, min_std=p.min_std, max_std=p.max_std, momentum=p.momentum,
                   noise_beta=p.noise_beta, keep_elites=p.keep_elites, select=p.select, seed=seed)
-        return MPC(cem, replan_every=p.replan_every)
+        return MPC(cem, replan_every=p.replan_every, margin=p.get("margin"))
     except ValueError as err:
         raise ValueError(f"planner: {err}") from None
 
@@ -226,7 +226,7 @@ class MainJob:
         size = world_models.make(c.world_model, c.preset).cfg.image_size
         stages.append(Stage(
             "data", f"collect {need or c.episodes} {c.behavior} episodes of {steps} steps at {size} px -> {c.store}",
-            need * steps / 1000 * MINUTES["collect_per_1k_frames"] * spec.action_repeat / 2,
+            need * steps / 1000 * MINUTES["collect_per_1k_frames"][spec.domain] * spec.action_repeat / 2,
             lambda: len(self.episodes()) >= c.episodes,
             lambda: print(collect(c.task, c.behavior, self.store, max(0, c.episodes - len(self.episodes())),
                                   num_envs=c.num_envs, size=size, seed=c.seed + len(self.episodes()),

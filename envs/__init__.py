@@ -31,8 +31,9 @@ def make(task: str, obs: str = "pixels", size: int = 64, seed: int = 0, **kwargs
         from envs.dmc import DMCEnv as cls
     else:
         from envs.meta_world import MetaWorldEnv as cls
-    if kwargs and spec.domain != "toy":
-        raise ValueError(f"{task}: unexpected options {sorted(kwargs)}")
+    bad = sorted(set(kwargs) - ({"start_box", "goal_box"} if spec.domain == "toy" else set()))
+    if bad:
+        raise ValueError(f"{task}: unexpected options {bad}")
     return cls(spec, obs=obs, size=size, seed=seed, **kwargs)
 
 

@@ -156,7 +156,9 @@ def main(cfg: DictConfig) -> None:
                                           horizon=cfg.planner.horizon))
             rows.append({"policy": name, "episode": k, "seed": seed, "return": round(result.episode_return, 3),
                          "success": "" if result.success is None else int(result.success),
-                         "steps": result.steps, "seconds": round(result.seconds, 1)})
+                         "steps": result.steps, "seconds": round(result.seconds, 1),
+                         "prior_kept": round(agent.mpc.prior_kept / agent.mpc.plans, 3)
+                         if isinstance(agent, MPCAgent) and agent.mpc.margin is not None and agent.mpc.plans else ""})
             writer.add_scalar(f"return/{name}", result.episode_return, k)
             bar.set_postfix(ret=f"{result.episode_return:.1f}")
             if track is not None:
@@ -177,6 +179,10 @@ def main(cfg: DictConfig) -> None:
         succ = [row["success"] for row in r if row["success"] != ""]
         print(f"{name:<12}{ret.mean():>17.1f} ± {interval(ret):<6.1f}{ret.std():>8.1f}"
               f"{(f'{np.mean(succ):.0%}' if succ else '-'):>9}{np.mean([row['seconds'] for row in r]):>13.1f}")
+    kept = [row["prior_kept"] for row in rows if row["prior_kept"] != ""]
+    if kept:
+        print(f"mpc kept the actor's plan in {np.mean(kept):.0%} of its decisions "
+              f"(margin {cfg.planner.margin}: the plan must score that much higher to act)")
     if checks:
         v = summarize(checks)
         write_json(out / "value_check.json", v)

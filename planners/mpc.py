@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -16,13 +17,21 @@ class MPC:
     `replan_every` actions. The next plan starts from the last mean shifted by the steps
     executed since (the tail filled with zeros), unless the caller passes `init_mean`
     (e.g. a BC-policy rollout). Call `reset()` between episodes.
+
+    With a `margin`, a given `init_mean` is a trust region: the planned sequence replaces it
+    only if the objective scores the plan at least `margin` above it (both re-scored
+    together), so a noisy model cannot talk a good prior policy out of its action.
+    `prior_kept` and `plans` count how often that happened.
     """
 
-    def __init__(self, planner: CEM, replan_every: int = 1, warm_start: bool = True):
+    def __init__(self, planner: CEM, replan_every: int = 1, warm_start: bool = True, margin: float | None = None):
         if not 1 <= replan_every <= planner.horizon:
             raise ValueError(f"replan_every must be in [1, horizon={planner.horizon}], got {replan_every}")
-        self.planner, self.replan_every, self.warm_start = planner, replan_every, warm_start
+        if margin is not None and margin < 0:
+            raise ValueError(f"margin must be >= 0 (or None), got {margin}")
+        self.planner, self.replan_every, self.warm_start, self.margin = planner, replan_every, warm_start, margin
         self.last_plan: Plan | None = None
+        self.plans = self.prior_kept = 0
         self.reset()
 
     def reset(self) -> None:
@@ -50,6 +59,14 @@ class MPC:
         if self.needs_plan:
             start = init_mean if init_mean is not None else self.shifted_mean()
             plan = self.planner.plan(objective, init_mean=start, prior_samples=prior_samples)
+            self.plans += 1
+            if self.margin is not None and init_mean is not None and self._prior_wins(objective, plan, init_mean):
+                self.prior_kept += 1
+                plan = replace(plan, actions=init_mean.to(plan.actions))
             self.last_plan, self._mean = plan, plan.mean
             self._queue.extend(plan.actions[: self.replan_every])
         return self._queue.popleft()
+
+    def _prior_wins(self, objective: Objective, plan: Plan, prior: Tensor) -> bool:
+        plan_score, prior_score = objective(torch.stack([plan.actions, prior.to(plan.actions)])).tolist()
+        return plan_score - prior_score < self.margin

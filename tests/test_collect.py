@@ -52,6 +52,18 @@ def test_collect_cli(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_collect_cli_passes_environment_options(tmp_path):
+    left = ("+env.start_box=[[-0.8,-0.8],[-0.1,0.8]]", "+env.goal_box=[[-0.8,-0.8],[-0.1,0.8]]")
+    out = run_cli("task=toy-reach", "behavior=random", "episodes=3", "num_envs=1", "size=16", "progress=false",
+                  *left, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    states = np.concatenate([EpisodeStore(tmp_path / "runs/data").load(e).states
+                             for e in EpisodeStore(tmp_path / "runs/data").episodes()])
+    assert states[:, 2].max() <= -0.1  # every goal in the left half
+    bad = run_cli("task=toy-reach", "episodes=1", "+env.start_bx=[[0,0],[1,1]]", cwd=tmp_path)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == ["error: toy-reach: unexpected options ['start_bx']"]
+
+
 def test_collect_cli_bad_task_is_one_line(tmp_path):
     out = run_cli("task=cup-cach", cwd=tmp_path)
     assert out.returncode != 0

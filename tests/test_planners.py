@@ -150,6 +150,22 @@ def test_mpc_uses_the_given_init_mean():
     assert (seen["a"] - 0.7).abs().max() < 0.3
 
 
+def test_mpc_margin_keeps_the_prior_unless_the_plan_clearly_beats_it():
+    prior = torch.zeros(3, 1)
+    objective = lambda a: -(a - 0.5).pow(2).sum((-2, -1))  # noqa: E731; the prior scores -0.75, 0.5 scores 0
+
+    def first_action(margin):
+        mpc = MPC(CEM(1, 3, population=64, elites=8, iterations=3, init_std=0.5, seed=0), margin=margin)
+        return mpc.act(objective, init_mean=prior).item(), mpc
+    planned, mpc = first_action(None)
+    assert abs(planned - 0.5) < 0.15 and mpc.prior_kept == 0
+    assert abs(first_action(0.5)[0] - 0.5) < 0.15  # the plan's gain (~0.75) clears the margin
+    kept, mpc = first_action(1.0)                     # it does not clear this one: the prior acts
+    assert kept == 0.0 and (mpc.plans, mpc.prior_kept) == (1, 1)
+    with pytest.raises(ValueError, match="margin"):
+        MPC(CEM(1, 3), margin=-1.0)
+
+
 def test_cem_from_a_plain_function_needs_no_other_mirage_import():
     code = ("import sys, torch\n"
             "from planners import CEM\n"
