@@ -186,10 +186,14 @@ def main(cfg: DictConfig) -> None:
     if checks:
         v = summarize(checks)
         write_json(out / "value_check.json", v)
-        print(f"critic on the actor's own episodes: Q MAE {v['q_mae']:.1f} (bias {v['q_bias']:+.1f}, correlation "
-              f"{v['q_corr']:.2f}) against returns-to-go of mean {v['return_mean']:.1f}; after {cfg.planner.horizon} "
-              f"imagined steps V is off by {v['imagined_v_gap']:.1f} (bias {v['imagined_v_bias']:+.1f}; "
-              f"V's spread on real frames {v['v_std']:.1f})")
+        print("critic on the actor's own episodes: " + (
+            f"Q MAE {v['q_mae']:.1f} (bias {v['q_bias']:+.1f}, correlation {v['q_corr']:.2f}) against "
+            f"returns-to-go of mean {v['return_mean']:.1f}" if "q_mae" in v else
+            f"no Q error (episodes of {spec.episode_length} steps cut every return-to-go of γ = "
+            f"{cfg.agent.discount} by more than 5%)") + (
+            f"; after {cfg.planner.horizon} imagined steps V is off by {v['imagined_v_gap']:.1f} "
+            f"(bias {v['imagined_v_bias']:+.1f}; V's spread on real frames {v['v_std']:.1f})"
+            if "imagined_v_gap" in v else ""))
     print(f"logs, metrics.csv{', value_check.json' if checks else ''} and videos: {out}")
 
 
