@@ -59,7 +59,8 @@ def test_collect_cli_passes_environment_options(tmp_path):
     assert out.returncode == 0, out.stderr
     states = np.concatenate([EpisodeStore(tmp_path / "runs/data").load(e).states
                              for e in EpisodeStore(tmp_path / "runs/data").episodes()])
-    assert states[:, 2].max() <= -0.1  # every goal in the left half
+    firsts = [EpisodeStore(tmp_path / "runs/data").load(e).states[0] for e in EpisodeStore(tmp_path / "runs/data").episodes()]
+    assert states[:, 2].max() <= -0.1 and max(f[0] for f in firsts) <= -0.1  # goals and starts in the left half
     bad = run_cli("task=toy-reach", "episodes=1", "+env.start_bx=[[0,0],[1,1]]", cwd=tmp_path)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == ["error: toy-reach: unexpected options ['start_bx']"]
 
