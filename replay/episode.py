@@ -54,7 +54,7 @@ class Episode:
         return float(self.rewards.sum())
 
     def validate(self) -> None:
-        """Raise `ValueError` unless dtypes and lengths are consistent."""
+        """Raise `ValueError` unless dtypes and lengths are consistent and every value is finite."""
         T = len(self.actions)
         f, a, r = self.frames, self.actions, self.rewards
         if f.dtype != np.uint8 or f.ndim != 4 or f.shape[1] != 3 or len(f) != T + 1:
@@ -67,6 +67,10 @@ class Episode:
             raise ValueError(f"states must be [T+1, S], got {self.states.shape}")
         if self.success is not None and self.success.shape != (T,):
             raise ValueError(f"success must be [T], got {self.success.shape}")
+        for name in ("actions", "rewards", "states"):
+            x = getattr(self, name)
+            if x is not None and not np.isfinite(x).all():
+                raise ValueError(f"{name} contain {int((~np.isfinite(x)).sum())} non-finite values")
 
     def meta(self) -> dict:
         return {"format_version": FORMAT_VERSION, "task": self.task, "behavior": self.behavior,
@@ -83,7 +87,7 @@ class Episode:
             arrays["states"] = self.states
         if self.success is not None:
             arrays["success"] = self.success
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez_compressed(fh, **arrays)

@@ -1,6 +1,8 @@
 """`EpisodeStore`: a folder of episode files, with filtering and window sampling."""
 from __future__ import annotations
 
+import os
+import re
 import time
 import uuid
 import warnings
@@ -11,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from envs import MAX_ACTION_DIM, task_index
+from envs import MAX_ACTION_DIM, task_index, task_spec
 from replay.episode import LOAD_ERRORS, Episode
 
 
@@ -29,17 +31,31 @@ class EpisodeStore:
     """Episodes under `root/<task>/<behavior>/<stamp>-<seed>-<id>-T<len>.npz`.
 
     Episodes are loaded on first use and kept in memory (a 64 px frame is 12 KiB, so a
-    500-step episode is 6 MiB). A damaged file is skipped with a warning that names it.
+    500-step episode is 6 MiB). A file that is damaged, holds non-finite values, or does not
+    match its task (action width) or the store's frame size (`size`, else that of the
+    first episode loaded) is skipped with a warning that names it.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, size: int | None = None):
         self.root = Path(root)
+        self.size = size
         self._loaded: dict[Path, Episode] = {}
         self._bad: set[Path] = set()
         self._levels: dict[tuple[int, int], np.ndarray] = {}
+        self._swept = False
 
     # ---- writing and listing ------------------------------------------------------------
     def add(self, episode: Episode) -> Path:
+        """Write `episode` under its task and behaviour; refuses non-finite data, unknown
+        tasks, unsafe behaviour labels and actions of another width than the task's."""
+        episode.validate()
+        check_labels(episode.task, episode.behavior)
+        width, spec = episode.actions.shape[1], task_spec(episode.task)
+        if width != spec.action_dim:
+            raise ValueError(f"{episode.task} takes {spec.action_dim}-dim actions, the episode has {width}")
+        if not self._swept:
+            remove_stale_temporaries(self.root)
+            self._swept = True
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{episode.seed}-{uuid.uuid4().hex[:8]}-T{len(episode)}.npz"
         return episode.save(self.root / episode.task / episode.behavior / name)
 
@@ -71,17 +87,41 @@ class EpisodeStore:
     def load(self, info: EpisodeInfo | str | Path) -> Episode | None:
         """The episode (cached), or None with a warning when its file is damaged."""
         path = info.path if isinstance(info, EpisodeInfo) else Path(info)
+        if path in self._bad:
+            return None
         if path not in self._loaded:
             try:
-                self._loaded[path] = Episode.load(path)
+                episode = Episode.load(path)
             except LOAD_ERRORS as err:
                 self._skip(path, f"{type(err).__name__}: {err}")
                 return None
+            mismatch = self._mismatch(episode, path)
+            if mismatch:
+                self._skip(path, mismatch)
+                return None
+            self.size = self.size or episode.frames.shape[-1]
+            self._loaded[path] = episode
         return self._loaded[path]
+
+    def _mismatch(self, episode: Episode, path: Path) -> str | None:
+        """Why `episode` (read from `path`) does not belong in this store, or None."""
+        folder_task = path.parent.parent.name
+        if episode.task != folder_task:
+            return f"its task {episode.task!r} is not its folder's {folder_task!r}"
+        try:
+            spec = task_spec(episode.task)
+        except ValueError as err:
+            return str(err)
+        if episode.actions.shape[1] != spec.action_dim:
+            return f"{episode.actions.shape[1]}-dim actions; {spec.name} takes {spec.action_dim}"
+        h, w = episode.frames.shape[-2:]
+        if self.size is not None and (h, w) != (self.size, self.size):
+            return f"{h}x{w} px frames; this store reads {self.size}x{self.size}"
+        return None
 
     def _skip(self, path: Path, why: str) -> None:
         self._bad.add(path)
-        warnings.warn(f"skipping damaged episode file {path} ({why})", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"skipping episode file {path} ({why})", RuntimeWarning, stacklevel=3)
 
     # ---- sampling -----------------------------------------------------------------------
     def sample(self, batch: int, seq_len: int, weighting: str = "frame", *,
@@ -168,6 +208,41 @@ class EpisodeStore:
 
 WEIGHTINGS = ("frame", "task", "reward")
 REWARD_LEVELS = 10
+LABEL = re.compile(r"[a-z0-9][a-z0-9_.+-]*")
+
+
+def check_labels(task: str, behavior: str) -> None:
+    """Raise `ValueError` unless `task` is registered and `behavior` is a plain folder name
+    (lower-case letters, digits, `_ . + -`; no path separators, no leading dot)."""
+    task_spec(task)
+    if not isinstance(behavior, str) or not LABEL.fullmatch(behavior):
+        raise ValueError(f"behavior label {behavior!r} must be a plain name like 'expert' or 'noise-ou'")
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the hidden `.<name>.<pid>.<random>.tmp` files under `root/<task>/<behavior>/`
+    that a killed writer left (its process is gone). Returns what it removed."""
+    removed = []
+    for tmp in root.glob("*/*/.*.tmp"):
+        parts = tmp.name.split(".")
+        if len(parts) >= 4 and parts[-3].isdigit() and not pid_alive(int(parts[-3])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        warnings.warn(f"removed {len(removed)} temporary file(s) left by killed writers under {root}",
+                      RuntimeWarning, stacklevel=2)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _listing_key(path: Path) -> tuple[str, str, int, str]:

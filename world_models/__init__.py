@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from world_models.base import Imagination, Policy, SimState, Simulator, Step, WorldModel
-from world_models.checkpoint import find_checkpoint, load_weights, read_config
+from world_models.checkpoint import config_from_dict, find_checkpoint, load_weights, read_config
 
 MODELS = ("dreamer4", "whale", "ensemble")
 
@@ -53,14 +53,13 @@ def load(path: str | Path, device: str = "cpu", **overrides) -> Simulator:
         raise ValueError(f"no checkpoint at {path}")
     spec = read_config(folder)
     if spec["name"] not in MODELS:
-        raise ValueError(f"{path}: unknown world model {spec['name']!r}")
+        raise ValueError(f"{folder / 'config.json'}: unknown world model {spec['name']!r}")
     model_cls, config_cls, _ = _family(spec["name"])
-    known = {f.name for f in fields(config_cls)}
-    bad = sorted(set(overrides) - known)
+    bad = sorted(set(overrides) - {f.name for f in fields(config_cls)})
     if bad:
         raise ValueError(f"unknown {config_cls.__name__} field(s): {', '.join(bad)}")
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items() if k in known}
-    model = model_cls(config_cls(**{**cfg, **overrides}), tasks=tuple(spec["tasks"]))
+    cfg = config_from_dict(config_cls, {**spec["config"], **overrides}, folder / "config.json")
+    model = model_cls(cfg, tasks=tuple(spec["tasks"]))
     load_weights(model, folder)
     return model.to(device).eval()
 

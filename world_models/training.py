@@ -2,7 +2,9 @@
 
 AdamW per phase (only that phase's parameters train), bf16 autocast on CUDA, a progress
 bar, TensorBoard logs (losses, metrics, image grids of real frames over model frames), and
-an atomic checkpoint every `ckpt_every` steps; a killed run resumes where it stopped.
+an atomic checkpoint every `ckpt_every` steps; a killed run resumes where it stopped. A
+non-finite loss or gradient stops the run (`FloatingPointError`) before it can reach a
+checkpoint.
 """
 from __future__ import annotations
 
@@ -62,9 +64,12 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
         raise ValueError(f"episodes must be one non-empty list, or a non-empty list for each phase of {model.phases}")
     size = model.cfg.image_size
     for eps in per_phase.values():
-        h, w = store.load(eps[0]).frames.shape[-2:]
+        first = next((ep for ep in map(store.load, eps) if ep is not None), None)
+        if first is None:
+            raise ValueError(f"no readable episode among the {len(eps)} given in {store.root}")
+        h, w = first.frames.shape[-2:]
         if (h, w) != (size, size):
-            raise ValueError(f"{eps[0].task} episodes in {store.root} are {h}x{w} px; this {model.name} model "
+            raise ValueError(f"{first.task} episodes in {store.root} are {h}x{w} px; this {model.name} model "
                              f"takes {size}x{size} (collect with size={size})")
     from torch.utils.tensorboard import SummaryWriter
 
@@ -101,7 +106,12 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
                 loss, metrics = model.loss(batch, phase)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if not (torch.isfinite(loss) & torch.isfinite(grad_norm)):
+                raise FloatingPointError(
+                    f"{model.name}/{phase} step {step + 1}: non-finite loss {loss.item():.4g} or gradient norm "
+                    f"{grad_norm.item():.4g}; stopped without saving (last good checkpoint: "
+                    f"{find_checkpoint(ckpt_dir) or 'none yet'})")
             opt.step()
             done = step + 1
             if done % cfg.log_every == 0 or done == total:
