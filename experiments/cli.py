@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Callable
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIGS = Path(__file__).parent / "configs"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,17 +23,56 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
+    """Raise `ValueError` where an override's type differs from its default's in the script's
+    YAML: an integer default takes integers, a number default takes numbers, a boolean
+    default takes true or false. Null and string defaults take anything."""
+    for key, default in defaults.items():
+        if key == "defaults" or key not in cfg:
+            continue
+        value, name = cfg[key], f"{prefix}{key}"
+        if isinstance(default, dict):
+            if isinstance(value, dict):
+                check_types(value, default, f"{name}.")
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def one_line(err: BaseException) -> str:
+    """The error as one line: I/O errors name their path, the rest keep their message."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or type(err).__name__}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
-    """`@hydra.main` over `configs/<config_name>.yaml`; a `ValueError` (unknown task, bad
-    value) exits with one line naming the problem instead of a stack trace."""
+    """`@hydra.main` over `configs/<config_name>.yaml`. Before the script runs, every
+    override must have its default's type and every mandatory value must be given; a
+    `ValueError`, a non-finite training loss or an I/O error exits with one line that names
+    the problem instead of a stack trace."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{config_name}.yaml"))
 
     def wrap(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> None:
             try:
+                check_types(OmegaConf.to_container(cfg), defaults)
+                missing = sorted(OmegaConf.missing_keys(cfg))
+                if missing:
+                    raise ValueError(f"{config_name}.py needs {' '.join(f'{k}=...' for k in missing)} "
+                                     f"(see experiments/configs/{config_name}.yaml)")
                 fn(cfg)
-            except ValueError as err:
-                sys.exit(f"error: {err}")
+            except (ValueError, FloatingPointError, OSError, OmegaConfBaseException) as err:
+                sys.exit(f"error: {one_line(err)}")
 
         return hydra.main(config_path="configs", config_name=config_name, version_base="1.3")(guarded)
 

@@ -26,7 +26,7 @@ import world_models  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats  # noqa: E402
 from uncertainty.evaluation import phase_signals, score_signals, window_signals  # noqa: E402
-from world_models.checkpoint import find_checkpoint  # noqa: E402
+from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
 from world_models.training import split_episodes  # noqa: E402
 
 COLUMNS = ("spearman_psnr", "auroc_action_ignored", "auroc_scene_divergent", "spearman_perceptual")
@@ -84,10 +84,10 @@ def main(cfg: DictConfig) -> None:
     store = EpisodeStore(cfg.store)
     train_eps, held_eps = split_episodes(store, [cfg.task], cfg.holdout, cfg.seed)
     held_eps = held_eps or train_eps
-    try:
-        motion = MotionStats.load(folder)
-        print(f"scene motion from {folder / MotionStats.FILE}: {motion(cfg.task):.4f}")
-    except (FileNotFoundError, KeyError):
+    if MotionStats.exists(folder):
+        motion = MotionStats.load(folder, cfg.task)
+        print(f"scene motion of the checkpoint: {motion(cfg.task):.4f}")
+    else:
         motion = MotionStats.fit(store, model, train_eps)
         motion.save(folder)
         print(f"scene motion fitted on {len(train_eps)} training episodes: {motion(cfg.task):.4f} "
@@ -99,7 +99,7 @@ def main(cfg: DictConfig) -> None:
                                 retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed)
     scores = score_signals(per_window, cfg.shuffle_threshold)
     out = Path(cfg.out or f"runs/hallucination/{cfg.task}/{cfg.seed}")
-    out.mkdir(parents=True, exist_ok=True)
+    hold_lock(out)
     write_csv(out / "scores.csv", ("signal", *COLUMNS), [(n, *(f"{s[c]:.4f}" for c in COLUMNS)) for n, s in scores.items()])
     keys = list(per_window)
     write_csv(out / "windows.csv", keys, zip(*(per_window[k] for k in keys)))

@@ -38,7 +38,8 @@ from agents.offline import MOPOConfig, feature_transitions, mopo
 from agents.pipeline import JobConfig, MainJob, make_actor_agent, make_mpc_agent, make_planner, write_json
 from agents.value_check import summarize, value_check
 from replay import EpisodeStore
-from world_models.checkpoint import find_checkpoint
+from uncertainty import MotionStats
+from world_models.checkpoint import find_checkpoint, hold_lock
 from world_models.oracle import Oracle
 
 POLICIES = ("mpc", "actor", "bc", "random")
@@ -95,7 +96,7 @@ def main(cfg: DictConfig) -> None:
     make_planner(cfg.planner, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out or f"runs/mpc/{cfg.task}/{cfg.seed}")
-    out.mkdir(parents=True, exist_ok=True)
+    hold_lock(out)
     OmegaConf.save(cfg, out / "config.yaml")
     store = EpisodeStore(cfg.store)
     policies: dict[str, callable] = {}
@@ -120,8 +121,9 @@ def main(cfg: DictConfig) -> None:
             learner = Learner.load(cfg.learner)
         size = model.cfg.image_size
         context = cfg.agent.context or model.max_context
+        motion = MotionStats.load(checkpoint, cfg.task) if cfg.agent.penalty and cfg.agent.lam else None
         if "mpc" in cfg.policies:
-            policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, learner, spec.action_dim, s, context)
+            policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, learner, spec.action_dim, s, context, motion)
         if "actor" in cfg.policies and learner is not None:
             policies["actor"] = lambda env, s: make_actor_agent(model, learner, cfg.task, context)
         if "bc" in cfg.policies and model.has_policy:

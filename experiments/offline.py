@@ -34,7 +34,7 @@ from agents.learner import ALGOS, Learner  # noqa: E402
 from agents.offline import MOPOConfig, feature_transitions, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats, StepPenalty  # noqa: E402
-from world_models.checkpoint import find_checkpoint  # noqa: E402
+from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
 from world_models.imagined import StartWindows  # noqa: E402
 
 
@@ -52,11 +52,7 @@ def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path):
         if model.name == "ensemble":
             raise ValueError("knn compares pixel-model latents; the ensemble has max_std and disagreement")
         return KNNPenalty(KNNDistance.fit(store, model, episodes, seed=cfg.seed))
-    motion = None
-    if model.name != "ensemble":
-        motion = MotionStats.load(checkpoint) if (checkpoint / MotionStats.FILE).exists() else None
-        if motion is None or cfg.task not in motion.per_task:
-            motion = MotionStats.fit(store, model, episodes, windows=128, seed=cfg.seed)
+    motion = MotionStats.load(checkpoint, cfg.task) if model.name != "ensemble" else None
     return StepPenalty(cfg.penalty, model, motion=motion, task=cfg.task)
 
 
@@ -119,7 +115,7 @@ def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.seed)
     method = method_name(cfg)
     out = Path(cfg.out or f"runs/offline/{cfg.task}/{method}/{cfg.seed}")
-    out.mkdir(parents=True, exist_ok=True)
+    hold_lock(out)
     OmegaConf.save(cfg, out / "config.yaml")
     is_state = model.name == "ensemble"
     context = 1 if is_state else model.max_context

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import world_models
 from agents.pipeline import world_model_report, write_json
 from replay import EpisodeStore
-from world_models.checkpoint import save_checkpoint
+from world_models.checkpoint import hold_lock, save_checkpoint
 from world_models.training import TrainConfig, split_episodes, train, train_member
 
 
@@ -65,6 +65,7 @@ def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.seed)
     if cfg.world_model == "ensemble":
         out = Path(cfg.out or f"runs/train/ensemble-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
+        hold_lock(out)
         return train_state_ensemble(cfg, tasks, EpisodeStore(cfg.store), out)
     model = world_models.make(cfg.world_model, cfg.preset, tasks=tuple(tasks),
                               **OmegaConf.to_container(cfg.model)).to(device)

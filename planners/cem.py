@@ -7,6 +7,7 @@ scores count as -inf: they never become elites.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -82,6 +83,16 @@ class CEM:
                  momentum: float = 0.0, noise_beta: float = 0.0, keep_elites: float = 0.0,
                  low: float = -1.0, high: float = 1.0, select: str = "mean", seed: int | None = None,
                  device: torch.device | str | None = None):
+        ints = {"action_dim": action_dim, "horizon": horizon, "population": population, "elites": elites,
+                "iterations": iterations}
+        floats = {"init_std": init_std, "min_std": min_std, "max_std": max_std, "momentum": momentum,
+                  "noise_beta": noise_beta, "keep_elites": keep_elites, "low": low, "high": high}
+        wrong = [f"{k}={v!r}" for k, v in ints.items() if not isinstance(v, int) or isinstance(v, bool)]
+        wrong += [f"{k}={v!r}" for k, v in floats.items()
+                  if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)]
+        if wrong:
+            raise ValueError(f"CEM: {', '.join(ints)} must be integers and the rest finite numbers; "
+                             f"got {', '.join(wrong)}")
         checks = {
             "action_dim >= 1": action_dim >= 1, "horizon >= 1": horizon >= 1,
             "population >= 1": population >= 1, "1 <= elites <= population": 1 <= elites <= population,
@@ -127,6 +138,8 @@ class CEM:
             if prior.shape[0] != B or prior.shape[2:] != shape[1:]:
                 raise ValueError(f"prior_samples must be [P, {self.horizon}, {self.action_dim}] "
                                  f"(or [B, P, H, A] with B={B}), got {tuple(prior_samples.shape)}")
+            if not torch.isfinite(prior).all():
+                raise ValueError("prior_samples contain non-finite values")
             prior = prior.clamp(self.low, self.high)
         score_fn = objective if batch is not None else (lambda a: _checked(objective(a[0]), a.shape[1:2])[None])
         n_keep = round(self.keep_elites * self.elites)
@@ -150,6 +163,10 @@ class CEM:
             kept = elite[:, :n_keep] if n_keep else None
         actions = mean if self.select == "mean" else best
         history = torch.stack(history)
+        lost = int((best_score == -math.inf).sum())
+        if lost:
+            warnings.warn(f"CEM: the objective was non-finite for every candidate of {lost} of {B} start "
+                          "state(s); their plan is the initial mean (Plan.score is -inf)", RuntimeWarning, stacklevel=2)
         if batch is None:
             return Plan(actions[0], mean[0], std[0], best_score[0], best[0], history[:, 0])
         return Plan(actions, mean, std, best_score, best, history)
@@ -158,6 +175,8 @@ class CEM:
         if x is None:
             return torch.full(shape, fill, device=self.device)
         x = x.to(self.device, torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains non-finite values")
         if x.shape == shape[1:]:
             x = x.expand(shape)
         if x.shape != shape:

@@ -1,4 +1,6 @@
 """The Hydra entry points fail on bad input with one line that names the problem."""
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,15 +28,58 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
 
 @pytest.mark.parametrize("script, override, word", [
     ("hallucination.py", "checkpoint=/nonexistent", "checkpoint"),
+    ("hallucination.py", "seed=0", "needs checkpoint=..."),    # no checkpoint given
     ("train.py", "world_model=whale2", "whale2"),
     ("train.py", "ensemble=-1", "ensemble"),
+    ("mpc.py", "eval_episodes=abc", "eval_episodes must be an integer"),
+    ("mpc.py", "eval_episodes=1.5", "eval_episodes must be an integer"),
+    ("mpc.py", "planner.horizon=abc", "planner.horizon must be an integer"),
+    ("mpc.py", "video=maybe", "video must be true or false"),
+    ("offline.py", "lam=abc", "lam must be a number"),
+    ("collect.py", "episodes=abc", "episodes must be an integer"),
 ])
 def test_other_entry_points_reject_bad_values_in_one_line(script, override, word, tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), override, f"store={tmp_path / 'data'}"],
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), override, f"store={tmp_path / 'data'}"]
+                         + ([f"out={out}"] if script != "collect.py" else []),
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], run.stderr
+    assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_an_unwritable_output_is_one_line_naming_the_path(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "mpc.py"), "task=toy-reach",
+                          f"store={tmp_path / 'data'}", f"out={blocker / 'run'}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and len(lines) == 1 and str(blocker) in lines[0], run.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_path():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cli import one_line
+
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/checkpoint/model.safetensors")
+    assert one_line(err) == "No space left on device: /runs/x/checkpoint/model.safetensors"
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from world_models.checkpoint import hold_lock; "
+                               f"hold_lock({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = subprocess.run([sys.executable, str(ROOT / "experiments" / "mpc.py"), "task=toy-reach",
+                              f"store={tmp_path / 'data'}", f"out={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode != 0 and len(lines) == 1 and f"pid {holder.pid}" in lines[0], run.stderr
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_mpc_runs_the_main_job_end_to_end_on_a_toy_budget(tmp_path):

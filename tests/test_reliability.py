@@ -180,3 +180,70 @@ def test_saving_removes_folders_of_killed_writers(checkpoint):
     stale.mkdir()
     save_checkpoint(checkpoint, world_models.load(checkpoint))
     assert not stale.exists() and find_checkpoint(checkpoint) == checkpoint
+
+
+# ---- imagination and planning -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return world_models.make("dreamer4", "tiny").eval()
+
+
+@pytest.mark.parametrize("obs,match", [
+    (lambda s: torch.zeros(2, 1, s, s, dtype=torch.uint8), r"obs must be frames \[B, 3, 16, 16\]"),
+    (lambda s: torch.zeros(2, s, s, 3, dtype=torch.uint8), r"obs must be frames .*got shape \(2, 1, 16, 16, 3\)"),
+    (lambda s: torch.zeros(2, 3, 2 * s, 2 * s, dtype=torch.uint8), r"\[B, 3, 16, 16\].*got shape \(2, 1, 3, 32, 32\)"),
+    (lambda s: torch.full((2, 3, s, s), 200.0), r"float obs must lie in \[0, 1\]"),
+    (lambda s: torch.zeros(2, 3, s, s, dtype=torch.int64), "uint8 .* or float .*got torch.int64"),
+    (lambda s: torch.full((2, 3, s, s), float("nan")), "non-finite"),
+    (lambda s: torch.zeros(0, 3, s, s, dtype=torch.uint8), "obs is empty"),
+])
+def test_imagine_refuses_frames_it_cannot_read(tiny, obs, match):
+    size = tiny.cfg.image_size
+    with pytest.raises(ValueError, match=match):
+        tiny.imagine(obs(size), torch.zeros(2, 3, 2))
+
+
+def test_imagine_refuses_an_unknown_task_and_an_empty_plan(tiny):
+    obs = torch.zeros(1, 3, tiny.cfg.image_size, tiny.cfg.image_size, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="trained on .*toy-reach.*not 'cup-catch'"):
+        tiny.imagine(obs, torch.zeros(1, 3, 2), task="cup-catch")
+    with pytest.raises(ValueError, match="at least one step"):
+        tiny.imagine(obs, torch.zeros(1, 0, 2))
+
+
+def test_cem_refuses_non_finite_starts_and_non_integer_sizes():
+    from planners import CEM
+
+    with pytest.raises(ValueError, match="population=1.5"):
+        CEM(2, 3, population=1.5)
+    cem = CEM(2, 3, population=8, elites=2, seed=0)
+    with pytest.raises(ValueError, match="init_mean contains non-finite"):
+        cem.plan(lambda a: -a.pow(2).sum((1, 2)), init_mean=torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match="prior_samples contain non-finite"):
+        cem.plan(lambda a: -a.pow(2).sum((1, 2)), prior_samples=torch.full((4, 3, 2), float("inf")))
+
+
+def test_cem_warns_when_the_objective_is_never_finite():
+    from planners import CEM
+
+    cem = CEM(2, 3, population=8, elites=2, seed=0)
+    with pytest.warns(RuntimeWarning, match="non-finite for every candidate"):
+        plan = cem.plan(lambda a: torch.full(a.shape[:1], float("nan")))
+    assert plan.score == -float("inf")
+
+
+# ---- penalty units ------------------------------------------------------------------------------
+def test_training_writes_the_scene_motion_that_every_penalty_is_divided_by(toy_store, tmp_path):
+    from uncertainty import MotionStats
+
+    store = EpisodeStore(toy_store)
+    model = world_models.make("dreamer4", "tiny")
+    train(model, store, store.episodes(), tmp_path, TrainConfig(
+        steps={"tokenizer": 2, "dynamics": 1}, batch=2, seq_len=2, progress=False))
+    motion = MotionStats.load(tmp_path / "checkpoint", "toy-reach")
+    refit = MotionStats.fit(store, world_models.load(tmp_path / "checkpoint"), store.episodes())
+    assert motion("toy-reach") == pytest.approx(refit("toy-reach"), rel=1e-4)
+    untrained = save_checkpoint(tmp_path / "bare", model)
+    with pytest.raises(ValueError, match="has no scene motion.*hallucination.py"):
+        MotionStats.load(untrained, "toy-reach")

@@ -49,7 +49,8 @@ def test_each_phase_samples_its_own_episodes(toy_store, tmp_path, monkeypatch):
     model = world_models.make("dreamer4", "tiny")
     cfg = TrainConfig(steps={"tokenizer": 2, "dynamics": 2}, batch=2, seq_len=2, progress=False)
     train(model, toy_store, {"tokenizer": eps, "dynamics": eps[:3]}, tmp_path, cfg)
-    assert drawn_from == [eps, eps, eps[:3], eps[:3]]
+    assert drawn_from[:4] == [eps, eps, eps[:3], eps[:3]]
+    assert all(d == eps for d in drawn_from[4:])  # then the scene motion, over the tokenizer's episodes
     for bad in ({"dynamics": eps}, {"tokenizer": eps, "dynamics": []}, []):
         with pytest.raises(ValueError, match="episodes must be"):
             train(model, toy_store, bad, tmp_path / "bad", cfg)

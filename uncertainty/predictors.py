@@ -17,13 +17,14 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from envs import TASKS
 from replay import EpisodeInfo, EpisodeStore
 from world_models.base import Imagination, Simulator, Step, WorldModel
+from world_models.checkpoint import read_config
+from world_models.training import latent_motion, scene_motion
 
 PREDICTORS = ("u_r", "u_f", "u_s")
 
@@ -47,16 +48,13 @@ def seed_variance(seed_latents: Tensor) -> Tensor:
     return seed_latents.float().var(0, unbiased=False).flatten(2).mean(-1)
 
 
-def latent_motion(latents: Tensor) -> Tensor:
-    """Per-step RMS latent change `[B, T - 1]` of a latent sequence `[B, T, ...]`."""
-    return rms(latents[:, 1:] - latents[:, :-1])
-
-
 class MotionStats:
     """Per-task scene motion `m`: the mean per-step RMS latent change over a dataset.
 
-    `fit` measures it with a model's encoder; `save`/`load` keep it next to a checkpoint
-    (`motion.json`), since `m` belongs to the model's latent space.
+    Training measures it and writes it into the checkpoint's `config.json`
+    (`world_models.training.scene_motion`), since `m` belongs to the model's latent space;
+    `load` reads it from there. Checkpoints from before that keep it in `motion.json`
+    (`fit(...).save(folder)`, as `experiments/hallucination.py` does).
     """
 
     FILE = "motion.json"
@@ -68,21 +66,11 @@ class MotionStats:
         self.per_task = dict(per_task)
 
     @classmethod
-    @torch.no_grad()
     def fit(cls, store: EpisodeStore, model: WorldModel, episodes: list[EpisodeInfo] | None = None,
             windows: int = 256, seq_len: int = 8, batch: int = 32, seed: int = 0) -> "MotionStats":
         """Average RMS latent change over `windows` windows per task of `episodes` (default: all)."""
         episodes = episodes if episodes is not None else store.episodes()
-        rng = np.random.default_rng(seed)
-        per_task = {}
-        for task in sorted({e.task for e in episodes}):
-            eps = [e for e in episodes if e.task == task]
-            moves = []
-            for start in range(0, windows, batch):
-                b = store.sample(min(batch, windows - start), seq_len, episodes=eps, rng=rng)
-                moves.append(latent_motion(model.encode(b["frames"].to(model.device))).flatten())
-            per_task[task] = torch.cat(moves).mean().item()
-        return cls(per_task)
+        return cls(scene_motion(model, store, episodes, windows, seq_len, batch, seed))
 
     def __call__(self, task: str) -> float:
         if task not in self.per_task:
@@ -100,14 +88,28 @@ class MotionStats:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "MotionStats":
+    def exists(cls, folder: str | Path) -> bool:
+        """Whether the checkpoint at `folder` carries scene motion."""
+        return "scene_motion" in read_config(folder) or (Path(folder) / cls.FILE).exists()
+
+    @classmethod
+    def load(cls, folder: str | Path, task: str | None = None) -> "MotionStats":
+        """The scene motion of the checkpoint at `folder` (with `task`: which it must cover);
+        a checkpoint without it raises one `ValueError` that says how to add it."""
+        spec = read_config(folder)
         path = Path(folder) / cls.FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found; fit it with MotionStats.fit(store, model).save(folder)")
-        per_task = json.loads(path.read_text())
-        unknown = set(per_task) - set(TASKS)
-        if unknown:
-            raise ValueError(f"{path}: unknown task(s) {sorted(unknown)}")
+        if "scene_motion" in spec:
+            per_task, source = spec["scene_motion"], Path(folder) / "config.json"
+        elif path.exists():
+            per_task, source = json.loads(path.read_text()), path
+        else:
+            raise ValueError(f"{folder} has no scene motion, so an uncertainty penalty would have no units; "
+                             f"models trained now carry it. For this one: python experiments/hallucination.py "
+                             f"checkpoint={folder} task=... (writes {cls.FILE})")
+        if not isinstance(per_task, dict) or set(per_task) - set(TASKS):
+            raise ValueError(f"{source}: scene motion must map registered task names to numbers, got {per_task!r}")
+        if task is not None and task not in per_task:
+            raise ValueError(f"{source}: no scene motion for {task!r} (has {sorted(per_task)})")
         return cls(per_task)
 
 

@@ -219,6 +219,8 @@ class Simulator(ABC):
                 raise ValueError(f"actions must be [B, H, A], got shape {tuple(actions.shape)}")
             if horizon is not None and horizon != actions.shape[1]:
                 raise ValueError(f"horizon {horizon} differs from the plans' {actions.shape[1]} steps")
+            if actions.shape[1] < 1:
+                raise ValueError(f"plans must have at least one step, got actions of shape {tuple(actions.shape)}")
             if actions.shape[0] != state.batch:
                 if state.batch != 1:
                     raise ValueError(f"actions batch {actions.shape[0]} must equal obs batch {state.batch}, "
@@ -327,14 +329,33 @@ class WorldModel(Simulator, nn.Module):
         window = self.max_context if max_context is None else max_context
         if window < 1:
             raise ValueError(f"max_context must be >= 1, got {window}")
-        obs = obs[:, None] if obs.ndim == 4 else obs
-        if obs.ndim != 5:
-            raise ValueError(f"obs must be [B, 3, H, W] or [B, T0, 3, H, W], got {tuple(obs.shape)}")
+        obs = check_frames(obs, self.cfg.image_size)
         B, T0 = obs.shape[:2]
         prev, prev_mask = context_action_inputs(context_actions, B, T0, self.action_dim, self.device)
         prev, prev_mask = prev[:, -window:], prev_mask[:, -window:].clone()
         prev_mask[:, 0] = False
         return obs[:, -window:].to(self.device), prev * prev_mask, prev_mask, window
+
+
+def check_frames(obs: Tensor, size: int) -> Tensor:
+    """Validate observations for `start`: `[B, 3, H, W]` or `[B, T0, 3, H, W]` (B, T0 >= 1,
+    H = W = `size`), uint8 in 0..255 or finite floats in 0..1. Returns `[B, T0, 3, H, W]`."""
+    expected = f"frames [B, 3, {size}, {size}] or [B, T, 3, {size}, {size}]"
+    if not isinstance(obs, Tensor):
+        raise ValueError(f"obs must be a tensor of {expected}, got {type(obs).__name__}")
+    obs = obs[:, None] if obs.ndim == 4 else obs
+    if obs.ndim != 5 or obs.shape[2] != 3 or obs.shape[-2:] != (size, size):
+        raise ValueError(f"obs must be {expected}, got shape {tuple(obs.shape)}")
+    if obs.shape[0] == 0 or obs.shape[1] == 0:
+        raise ValueError(f"obs is empty: shape {tuple(obs.shape)}")
+    if obs.dtype != torch.uint8:
+        if not obs.is_floating_point():
+            raise ValueError(f"obs must be uint8 (0..255) or float (0..1), got {obs.dtype}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("obs contain non-finite values")
+        if obs.min() < 0 or obs.max() > 1:
+            raise ValueError(f"float obs must lie in [0, 1] (uint8 for 0..255), got [{obs.min():.3g}, {obs.max():.3g}]")
+    return obs
 
 
 def to_float_frames(frames: Tensor) -> Tensor:

@@ -26,7 +26,11 @@ from safetensors.torch import save_file
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
 
-def save_checkpoint(folder: str | Path, model, trainer_state: dict | None = None) -> Path:
+def save_checkpoint(folder: str | Path, model, trainer_state: dict | None = None,
+                    scene_motion: dict[str, float] | None = None) -> Path:
+    """Write `model` (and a training run's state) to `folder` atomically. `scene_motion`
+    (per task, `world_models.training.scene_motion`; training writes it with the last phase)
+    goes into `config.json`."""
     folder = Path(folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     old = folder.with_name(f"{folder.name}.old")
@@ -35,6 +39,8 @@ def save_checkpoint(folder: str | Path, model, trainer_state: dict | None = None
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
     spec = {**model.config_dict(), "weights_sha256": sha256(tmp / WEIGHTS)}
+    if scene_motion is not None:
+        spec["scene_motion"] = scene_motion
     (tmp / CONFIG).write_text(json.dumps(spec, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
@@ -54,6 +60,34 @@ def remove_stale_folders(folder: Path) -> None:
         pid = tmp.name.rsplit("-", 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hold_lock(folder: str | Path) -> None:
+    """Lock `<folder>/.lock` for the rest of this process (again: no-op). A second process
+    that asks for the same folder gets one `ValueError` instead of interleaving its writes;
+    a killed process releases its locks."""
+    import fcntl
+
+    folder = Path(folder).resolve()
+    if folder in _HELD:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"{folder} is being written by another run (pid {owner}); "
+                         "wait for it to finish or choose another out=") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD[folder] = handle
+
+
+_HELD: dict = {}
 
 
 def find_checkpoint(folder: str | Path) -> Path | None:
@@ -186,5 +220,5 @@ def load_trainer_state(folder: str | Path) -> dict | None:
     return state
 
 
-__all__ = ["config_from_dict", "find_checkpoint", "load_trainer_state", "load_weights", "read_config",
+__all__ = ["config_from_dict", "find_checkpoint", "hold_lock", "load_trainer_state", "load_weights", "read_config",
            "save_checkpoint"]

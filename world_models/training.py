@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from envs import TASKS
 from replay import EpisodeInfo, EpisodeStore
 from world_models.base import WorldModel
-from world_models.checkpoint import find_checkpoint, load_trainer_state, load_weights, save_checkpoint
+from world_models.checkpoint import find_checkpoint, hold_lock, load_trainer_state, load_weights, save_checkpoint
 
 
 @dataclass
@@ -74,6 +74,7 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
+    hold_lock(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     device = model.device
     state = {"phase": 0, "step": 0}
@@ -126,11 +127,39 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
                 model.train()
         bar.close()
         seconds[f"{phase}/seconds"] = time.perf_counter() - t0
-        save_checkpoint(ckpt_dir, model, {"phase": p + 1, "step": 0})
+        last = p == len(model.phases) - 1
+        motion = scene_motion(model, store, per_phase[model.phases[0]], seed=cfg.seed) if last else None
+        save_checkpoint(ckpt_dir, model, {"phase": p + 1, "step": 0}, scene_motion=motion)
         model.train()
     writer.close()
     model.eval()
     return {**metrics, **seconds}
+
+
+@torch.no_grad()
+def scene_motion(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], windows: int = 256,
+                 seq_len: int = 8, batch: int = 32, seed: int = 0) -> dict[str, float]:
+    """Per-task scene motion `m`: the mean per-step RMS change of the model's latents over
+    `windows` windows of `seq_len` frames per task. Uncertainty signals are divided by it
+    (`uncertainty.MotionStats`), so it is saved with the checkpoint it belongs to."""
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    per_task = {}
+    for task in sorted({e.task for e in episodes}):
+        eps = [e for e in episodes if e.task == task]
+        moves = []
+        for start in range(0, windows, batch):
+            frames = store.sample(min(batch, windows - start), seq_len, episodes=eps, rng=rng)["frames"]
+            moves.append(latent_motion(model.encode(frames.to(model.device))).flatten())
+        per_task[task] = torch.cat(moves).mean().item()
+    model.train(was_training)
+    return per_task
+
+
+def latent_motion(latents: torch.Tensor) -> torch.Tensor:
+    """Per-step RMS latent change `[B, T - 1]` of a latent sequence `[B, T, ...]`."""
+    return (latents[:, 1:] - latents[:, :-1]).float().pow(2).flatten(2).mean(-1).sqrt()
 
 
 @torch.no_grad()
