@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from world_models.checkpoint import load_module, read_json, read_weights, sha256
 
 ALGOS = ("sac", "cql", "iql", "td3+bc", "bc")
 
@@ -126,7 +129,8 @@ class Learner:
             torch.save(optims, tmp)
             os.replace(tmp, folder / "optim.pt")
         tmp.write_text(json.dumps({"algo": self.name, "obs_dim": self.obs_dim, "action_dim": self.action_dim,
-                                   "hyper": self.hyper, "steps": self.steps}, indent=2))
+                                   "hyper": self.hyper, "steps": self.steps,
+                                   "weights_sha256": sha256(folder / "learner.safetensors")}, indent=2))
         os.replace(tmp, folder / "learner.json")
         return folder
 
@@ -135,14 +139,22 @@ class Learner:
         folder = Path(folder)
         if not (folder / "learner.json").exists() or not (folder / "learner.safetensors").exists():
             raise ValueError(f"no learner in {folder} (learner.json and learner.safetensors)")
-        spec = json.loads((folder / "learner.json").read_text())
-        learner = cls(spec["algo"], spec["obs_dim"], spec["action_dim"], device=device, **spec["hyper"])
-        weights = load_file(str(folder / "learner.safetensors"))
+        spec_path, weights_path, optim_path = folder / "learner.json", folder / "learner.safetensors", folder / "optim.pt"
+        spec = read_json(spec_path, ("algo", "obs_dim", "action_dim", "hyper", "steps"))
+        try:
+            learner = cls(spec["algo"], spec["obs_dim"], spec["action_dim"], device=device, **spec["hyper"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{spec_path}: does not describe a learner ({' '.join(str(err).split())})") from None
+        weights = read_weights(weights_path, spec.get("weights_sha256"))
         for name, mod in learner.modules.items():
-            mod.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
-        if (folder / "optim.pt").exists():
+            load_module(mod, {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}, weights_path)
+        if optim_path.exists():
             m = learner.algo.impl.modules
-            for name, state in torch.load(folder / "optim.pt", map_location="cpu", weights_only=True).items():
-                getattr(m, name).load_state_dict(state)
+            try:
+                optims = torch.load(optim_path, map_location="cpu", weights_only=True)
+                for name, state in optims.items():
+                    getattr(m, name).load_state_dict(state)
+            except (OSError, RuntimeError, EOFError, AttributeError, ValueError, pickle.UnpicklingError) as err:
+                raise ValueError(f"{optim_path}: damaged or not this learner's optimisers ({type(err).__name__})") from None
         learner.steps = spec["steps"]
         return learner

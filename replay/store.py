@@ -32,13 +32,13 @@ class EpisodeStore:
 
     Episodes are loaded on first use and kept in memory (a 64 px frame is 12 KiB, so a
     500-step episode is 6 MiB). A file that is damaged, holds non-finite values, or does not
-    match its task (action width) or the store's frame size (`size`, else that of the
-    first episode loaded) is skipped with a warning that names it.
+    match its task (action width, folder) or the frame size of the task's first episode
+    loaded is skipped with a warning that names it.
     """
 
-    def __init__(self, root: str | Path, size: int | None = None):
+    def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.size = size
+        self._sizes: dict[str, tuple[int, int]] = {}
         self._loaded: dict[Path, Episode] = {}
         self._bad: set[Path] = set()
         self._levels: dict[tuple[int, int], np.ndarray] = {}
@@ -99,7 +99,7 @@ class EpisodeStore:
             if mismatch:
                 self._skip(path, mismatch)
                 return None
-            self.size = self.size or episode.frames.shape[-1]
+            self._sizes.setdefault(episode.task, episode.frames.shape[-2:])
             self._loaded[path] = episode
         return self._loaded[path]
 
@@ -115,8 +115,9 @@ class EpisodeStore:
         if episode.actions.shape[1] != spec.action_dim:
             return f"{episode.actions.shape[1]}-dim actions; {spec.name} takes {spec.action_dim}"
         h, w = episode.frames.shape[-2:]
-        if self.size is not None and (h, w) != (self.size, self.size):
-            return f"{h}x{w} px frames; this store reads {self.size}x{self.size}"
+        size = self._sizes.get(episode.task)
+        if size is not None and (h, w) != size:
+            return f"{h}x{w} px frames; this store reads {size[0]}x{size[1]} for {episode.task}"
         return None
 
     def _skip(self, path: Path, why: str) -> None:

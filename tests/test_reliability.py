@@ -133,10 +133,14 @@ def checkpoint(tmp_path):
     return save_checkpoint(tmp_path / "checkpoint", model, {"phase": 1, "step": 4, "optimizer": {}})
 
 
-def edit_config(folder: Path, edit) -> None:
-    spec = json.loads((folder / "config.json").read_text())
+def edit_json(path: Path, edit) -> None:
+    spec = json.loads(path.read_text())
     edit(spec)
-    (folder / "config.json").write_text(json.dumps(spec))
+    path.write_text(json.dumps(spec))
+
+
+def edit_config(folder: Path, edit) -> None:
+    edit_json(folder / "config.json", edit)
 
 
 def truncate(path: Path, keep: int) -> None:
@@ -152,7 +156,7 @@ def flip_bytes(path: Path) -> None:
 @pytest.mark.parametrize("damage,match", [
     (lambda f: truncate(f / "model.safetensors", 0), "model.safetensors"),
     (lambda f: truncate(f / "model.safetensors", 100), "model.safetensors"),
-    (lambda f: flip_bytes(f / "model.safetensors"), "model.safetensors: the weights do not match the SHA-256"),
+    (lambda f: flip_bytes(f / "model.safetensors"), "model.safetensors: the weights do not match their recorded SHA-256"),
     (lambda f: (f / "config.json").write_text("{not json"), "config.json: not a readable JSON"),
     (lambda f: edit_config(f, lambda s: s["config"].update(tok_dim="abc")), "tok_dim = 'abc': expected an integer"),
     (lambda f: edit_config(f, lambda s: s["config"].update(tok_dim=-64)), "tok_dim = -64: must not be negative"),
@@ -247,3 +251,19 @@ def test_training_writes_the_scene_motion_that_every_penalty_is_divided_by(toy_s
     untrained = save_checkpoint(tmp_path / "bare", model)
     with pytest.raises(ValueError, match="has no scene motion.*hallucination.py"):
         MotionStats.load(untrained, "toy-reach")
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda f: flip_bytes(f / "learner.safetensors"), "learner.safetensors: the weights do not match"),
+    (lambda f: truncate(f / "learner.safetensors", 10), "learner.safetensors"),
+    (lambda f: truncate(f / "learner.json", 10), "learner.json: not a readable JSON"),
+    (lambda f: edit_json(f / "learner.json", lambda s: s["hyper"].update(bogus=1)), "learner.json: does not describe"),
+])
+def test_a_damaged_learner_is_one_error_naming_the_file(damage, match, tmp_path):
+    from agents.learner import Learner
+
+    folder = Learner("td3+bc", obs_dim=4, action_dim=2).save(tmp_path / "learner")
+    damage(folder)
+    with pytest.raises(ValueError, match=match) as err:
+        Learner.load(folder)
+    assert "\n" not in str(err.value)

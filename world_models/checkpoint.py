@@ -8,6 +8,8 @@ or edited file raises one `ValueError` that names it.
 """
 from __future__ import annotations
 
+import atexit
+import fcntl
 import hashlib
 import json
 import math
@@ -22,6 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
+
+from replay.store import pid_alive
 
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
 
@@ -54,8 +58,6 @@ def save_checkpoint(folder: str | Path, model, trainer_state: dict | None = None
 
 def remove_stale_folders(folder: Path) -> None:
     """Delete `<folder>.tmp-<pid>` siblings whose writing process is gone (killed mid-save)."""
-    from replay.store import pid_alive
-
     for tmp in folder.parent.glob(f"{folder.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
@@ -66,8 +68,6 @@ def hold_lock(folder: str | Path) -> None:
     """Lock `<folder>/.lock` for the rest of this process (again: no-op). A second process
     that asks for the same folder gets one `ValueError` instead of interleaving its writes;
     a killed process releases its locks."""
-    import fcntl
-
     folder = Path(folder).resolve()
     if folder in _HELD:
         return
@@ -85,6 +85,7 @@ def hold_lock(folder: str | Path) -> None:
     handle.write(str(os.getpid()))
     handle.flush()
     _HELD[folder] = handle
+    atexit.register(handle.close)
 
 
 _HELD: dict = {}
@@ -109,15 +110,7 @@ def read_config(folder: str | Path) -> dict:
     import envs
 
     path = Path(folder) / CONFIG
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(spec).__name__}")
-    missing = sorted({"name", "tasks", "config"} - set(spec))
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    spec = read_json(path, ("name", "tasks", "config"))
     if not isinstance(spec["name"], str) or not isinstance(spec["config"], dict):
         raise ValueError(f"{path}: 'name' must be a string and 'config' an object")
     tasks = spec["tasks"]
@@ -127,6 +120,44 @@ def read_config(folder: str | Path) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown task(s) {unknown}")
     return spec
+
+
+def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object with at least `keys`; anything else raises one `ValueError` naming `path`."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(spec).__name__}")
+    missing = sorted(set(keys) - set(spec))
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    return spec
+
+
+def read_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, after checking its SHA-256 when one is expected;
+    a missing, damaged or edited file raises one `ValueError` naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror})") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise ValueError(f"{path}: the weights do not match their recorded SHA-256 (damaged or edited)")
+    try:
+        return load_safetensors(data)
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """`module.load_state_dict(state)`, a mismatch raising one `ValueError` naming `path`."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"{path}: does not fit this {type(module).__name__} ({' '.join(first[:2])})") from None
 
 
 def config_from_dict(config_cls, values: dict, where: Path):
@@ -188,22 +219,7 @@ def type_problem(value, hint) -> str | None:
 def load_weights(model, folder: str | Path) -> None:
     """Load `model.safetensors` into `model`, after checking its SHA-256 against `config.json`."""
     path = Path(folder) / WEIGHTS
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err.strerror})") from None
-    expected = read_config(folder).get("weights_sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ValueError(f"{path}: the weights do not match the SHA-256 in {CONFIG} (damaged or edited)")
-    try:
-        state = load_safetensors(data)
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a valid safetensors file ({err})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ValueError(f"{path}: does not fit this {type(model).__name__} ({' '.join(first[:2])})") from None
+    load_module(model, read_weights(path, read_config(folder).get("weights_sha256")), path)
 
 
 def load_trainer_state(folder: str | Path) -> dict | None:
@@ -220,5 +236,5 @@ def load_trainer_state(folder: str | Path) -> dict | None:
     return state
 
 
-__all__ = ["config_from_dict", "find_checkpoint", "hold_lock", "load_trainer_state", "load_weights", "read_config",
-           "save_checkpoint"]
+__all__ = ["config_from_dict", "find_checkpoint", "hold_lock", "load_module", "load_trainer_state", "load_weights",
+           "read_config", "read_json", "read_weights", "save_checkpoint", "sha256"]
