@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import typing
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +11,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from world_models.checkpoint import type_problem
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -23,17 +26,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
+def check_types(cfg: dict, defaults: dict, schemas: dict[str, type] | None = None, prefix: str = "") -> None:
     """Raise `ValueError` where an override's type differs from its default's in the script's
     YAML: an integer default takes integers, a number default takes numbers, a boolean
-    default takes true or false. Null and string defaults take anything."""
+    default takes true or false. Null and string defaults take anything. A node named in
+    `schemas` is checked against that dataclass's fields and type hints instead."""
     for key, default in defaults.items():
         if key == "defaults" or key not in cfg:
             continue
         value, name = cfg[key], f"{prefix}{key}"
+        if schemas and key in schemas and isinstance(value, dict):
+            check_fields(value, schemas[key], name)
+            continue
         if isinstance(default, dict):
             if isinstance(value, dict):
-                check_types(value, default, f"{name}.")
+                check_types(value, default, prefix=f"{name}.")
             continue
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
@@ -47,6 +54,19 @@ def check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
             raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
+def check_fields(values: dict, schema: type, name: str) -> None:
+    """Raise `ValueError` unless every key of `values` is a field of the dataclass `schema`
+    and fits its type hint."""
+    hints = typing.get_type_hints(schema)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {', '.join(unknown)}; {schema.__name__} has {', '.join(hints)}")
+    for key, value in values.items():
+        problem = type_problem(value, hints[key])
+        if problem:
+            raise ValueError(f"{name}.{key} = {value!r}: {problem}")
+
+
 def one_line(err: BaseException) -> str:
     """The error as one line: I/O errors name their path, the rest keep their message."""
     if isinstance(err, OSError) and err.filename is not None:
@@ -54,18 +74,20 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+def entry_point(config_name: str, schemas: dict[str, type] | None = None
+                ) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
     """`@hydra.main` over `configs/<config_name>.yaml`. Before the script runs, every
     override must have its default's type and every mandatory value must be given; a
     `ValueError`, a non-finite training loss or an I/O error exits with one line that names
-    the problem instead of a stack trace."""
+    the problem instead of a stack trace. `schemas` maps config nodes to the dataclasses they
+    fill (see `check_types`)."""
     defaults = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{config_name}.yaml"))
 
     def wrap(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> None:
             try:
-                check_types(OmegaConf.to_container(cfg), defaults)
+                check_types(OmegaConf.to_container(cfg), defaults, schemas)
                 missing = sorted(OmegaConf.missing_keys(cfg))
                 if missing:
                     raise ValueError(f"{config_name}.py needs {' '.join(f'{k}=...' for k in missing)} "

@@ -84,7 +84,7 @@ def write_video(path: Path, real: list[np.ndarray], imagined: list[np.ndarray], 
     os.replace(tmp, path)
 
 
-@entry_point("mpc")
+@entry_point("mpc", schemas={"job": JobConfig})
 def main(cfg: DictConfig) -> None:
     spec = envs.task_spec(cfg.task)
     device = resolve_device(cfg.device)

@@ -90,13 +90,17 @@ class MotionStats:
     @classmethod
     def exists(cls, folder: str | Path) -> bool:
         """Whether the checkpoint at `folder` carries scene motion."""
-        return "scene_motion" in read_config(folder) or (Path(folder) / cls.FILE).exists()
+        return "scene_motion" in cls._config(folder) or (Path(folder) / cls.FILE).exists()
+
+    @staticmethod
+    def _config(folder: str | Path) -> dict:
+        return read_config(folder) if (Path(folder) / "config.json").exists() else {}
 
     @classmethod
     def load(cls, folder: str | Path, task: str | None = None) -> "MotionStats":
         """The scene motion of the checkpoint at `folder` (with `task`: which it must cover);
         a checkpoint without it raises one `ValueError` that says how to add it."""
-        spec = read_config(folder)
+        spec = cls._config(folder)
         path = Path(folder) / cls.FILE
         if "scene_motion" in spec:
             per_task, source = spec["scene_motion"], Path(folder) / "config.json"
