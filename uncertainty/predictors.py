@@ -67,7 +67,7 @@ class MotionStats:
 
     @classmethod
     def fit(cls, store: EpisodeStore, model: WorldModel, episodes: list[EpisodeInfo] | None = None,
-            windows: int = 256, seq_len: int = 8, batch: int = 32, seed: int = 0) -> "MotionStats":
+            windows: int = 64, seq_len: int = 8, batch: int = 32, seed: int = 0) -> "MotionStats":
         """Average RMS latent change over `windows` windows per task of `episodes` (default: all)."""
         episodes = episodes if episodes is not None else store.episodes()
         return cls(scene_motion(model, store, episodes, windows, seq_len, batch, seed))

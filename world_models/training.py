@@ -137,7 +137,7 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
 
 
 @torch.no_grad()
-def scene_motion(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], windows: int = 256,
+def scene_motion(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo], windows: int = 64,
                  seq_len: int = 8, batch: int = 32, seed: int = 0) -> dict[str, float]:
     """Per-task scene motion `m`: the mean per-step RMS change of the model's latents over
     `windows` windows of `seq_len` frames per task. Uncertainty signals are divided by it
