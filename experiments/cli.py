@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import typing
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from world_models.checkpoint import type_problem
+from world_models.checkpoint import check_fields
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -52,19 +51,6 @@ def check_types(cfg: dict, defaults: dict, schemas: dict[str, type] | None = Non
             continue
         if not ok:
             raise ValueError(f"{name} must be {kind}, got {value!r}")
-
-
-def check_fields(values: dict, schema: type, name: str) -> None:
-    """Raise `ValueError` unless every key of `values` is a field of the dataclass `schema`
-    and fits its type hint."""
-    hints = typing.get_type_hints(schema)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ValueError(f"{name}: unknown field(s) {', '.join(unknown)}; {schema.__name__} has {', '.join(hints)}")
-    for key, value in values.items():
-        problem = type_problem(value, hints[key])
-        if problem:
-            raise ValueError(f"{name}.{key} = {value!r}: {problem}")
 
 
 def one_line(err: BaseException) -> str:

@@ -35,8 +35,8 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
     ("mpc.py", "eval_episodes=1.5", "eval_episodes must be an integer"),
     ("mpc.py", "planner.horizon=abc", "planner.horizon must be an integer"),
     ("mpc.py", "video=maybe", "video must be true or false"),
-    ("mpc.py", "job.episodes=many", "job.episodes = 'many': expected an integer"),
-    ("mpc.py", "+job.bogus=1", "job: unknown field(s) bogus"),
+    ("mpc.py", "job.episodes=many", "job: episodes = 'many': expected an integer"),
+    ("mpc.py", "+job.bogus=1", "job: unknown JobConfig field(s) bogus"),
     ("offline.py", "lam=abc", "lam must be a number"),
     ("collect.py", "episodes=abc", "episodes must be an integer"),
 ])

@@ -163,18 +163,24 @@ def load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
 def config_from_dict(config_cls, values: dict, where: Path):
     """`config_cls(**values)`, refusing unknown fields, values of the wrong type (JSON lists
     for tuples), non-finite floats and negative integers, in one `ValueError` naming `where`."""
-    hints = typing.get_type_hints(config_cls)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ValueError(f"{where}: unknown {config_cls.__name__} field(s) {', '.join(unknown)}")
-    for name, value in values.items():
-        problem = type_problem(value, hints[name])
-        if problem:
-            raise ValueError(f"{where}: config field {name} = {value!r}: {problem}")
+    check_fields(values, config_cls, where)
     try:
         return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def check_fields(values: dict, schema, where) -> None:
+    """Raise one `ValueError` naming `where` unless every key of `values` is a field of the
+    dataclass `schema` and its value fits the field's type hint (see `type_problem`)."""
+    hints = typing.get_type_hints(schema)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"{where}: unknown {schema.__name__} field(s) {', '.join(unknown)}")
+    for name, value in values.items():
+        problem = type_problem(value, hints[name])
+        if problem:
+            raise ValueError(f"{where}: {name} = {value!r}: {problem}")
 
 
 def type_problem(value, hint) -> str | None:
@@ -236,5 +242,5 @@ def load_trainer_state(folder: str | Path) -> dict | None:
     return state
 
 
-__all__ = ["config_from_dict", "find_checkpoint", "hold_lock", "load_module", "load_trainer_state", "load_weights",
+__all__ = ["check_fields", "config_from_dict", "find_checkpoint", "hold_lock", "load_module", "load_trainer_state", "load_weights",
            "read_config", "read_json", "read_weights", "save_checkpoint", "sha256"]
