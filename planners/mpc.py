@@ -1,6 +1,8 @@
 """Receding-horizon control around a planner: plan, execute the first k actions, replan."""
 from __future__ import annotations
 
+import math
+
 from collections import deque
 from dataclasses import replace
 
@@ -25,10 +27,10 @@ class MPC:
     """
 
     def __init__(self, planner: CEM, replan_every: int = 1, warm_start: bool = True, margin: float | None = None):
-        if not 1 <= replan_every <= planner.horizon:
-            raise ValueError(f"replan_every must be in [1, horizon={planner.horizon}], got {replan_every}")
-        if margin is not None and margin < 0:
-            raise ValueError(f"margin must be >= 0 (or None), got {margin}")
+        if not isinstance(replan_every, int) or not 1 <= replan_every <= planner.horizon:
+            raise ValueError(f"replan_every must be an integer in [1, horizon={planner.horizon}], got {replan_every!r}")
+        if margin is not None and (not isinstance(margin, (int, float)) or not 0 <= margin < math.inf):
+            raise ValueError(f"margin must be a finite number >= 0 (or None), got {margin!r}")
         self.planner, self.replan_every, self.warm_start, self.margin = planner, replan_every, warm_start, margin
         self.last_plan: Plan | None = None
         self.plans = self.prior_kept = 0

@@ -217,7 +217,7 @@ def test_imagine_refuses_an_unknown_task_and_an_empty_plan(tiny):
 
 
 def test_cem_refuses_non_finite_starts_and_non_integer_sizes():
-    from planners import CEM
+    from planners import CEM, MPC
 
     with pytest.raises(ValueError, match="population=1.5"):
         CEM(2, 3, population=1.5)
@@ -226,6 +226,9 @@ def test_cem_refuses_non_finite_starts_and_non_integer_sizes():
         cem.plan(lambda a: -a.pow(2).sum((1, 2)), init_mean=torch.full((3, 2), float("nan")))
     with pytest.raises(ValueError, match="prior_samples contain non-finite"):
         cem.plan(lambda a: -a.pow(2).sum((1, 2)), prior_samples=torch.full((4, 3, 2), float("inf")))
+    for margin in ("abc", float("nan")):
+        with pytest.raises(ValueError, match="margin must be a finite number"):
+            MPC(cem, margin=margin)
 
 
 def test_cem_warns_when_the_objective_is_never_finite():
