@@ -1,5 +1,4 @@
 """The Hydra entry points fail on bad input with one line that names the problem."""
-import errno
 import os
 import subprocess
 import sys
@@ -61,12 +60,25 @@ def test_an_unwritable_output_is_one_line_naming_the_path(tmp_path):
     assert run.returncode != 0 and len(lines) == 1 and str(blocker) in lines[0], run.stderr
 
 
-def test_a_full_disk_is_one_line_naming_the_path():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from cli import one_line
+FULL_DISK = """
+import errno, os, pathlib
+_mkdir = pathlib.Path.mkdir
+def mkdir(self, *args, **kwargs):
+    if self.name == "full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+    return _mkdir(self, *args, **kwargs)
+pathlib.Path.mkdir = mkdir
+"""
 
-    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/checkpoint/model.safetensors")
-    assert one_line(err) == "No space left on device: /runs/x/checkpoint/model.safetensors"
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(FULL_DISK)  # every mkdir of a folder named "full" fails
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "mpc.py"), "task=toy-reach",
+                          f"store={tmp_path / 'data'}", f"out={tmp_path / 'full'}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and lines == [f"error: No space left on device: {tmp_path / 'full'}"], run.stderr
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path):
