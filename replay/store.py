@@ -50,9 +50,9 @@ class EpisodeStore:
         tasks, unsafe behaviour labels and actions of another width than the task's."""
         episode.validate()
         check_labels(episode.task, episode.behavior)
-        width, spec = episode.actions.shape[1], task_spec(episode.task)
-        if width != spec.action_dim:
-            raise ValueError(f"{episode.task} takes {spec.action_dim}-dim actions, the episode has {width}")
+        wrong_width = width_mismatch(episode)
+        if wrong_width:
+            raise ValueError(wrong_width)
         if not self._swept:
             remove_stale_temporaries(self.root)
             self._swept = True
@@ -109,11 +109,11 @@ class EpisodeStore:
         if episode.task != folder_task:
             return f"its task {episode.task!r} is not its folder's {folder_task!r}"
         try:
-            spec = task_spec(episode.task)
+            wrong_width = width_mismatch(episode)
         except ValueError as err:
             return str(err)
-        if episode.actions.shape[1] != spec.action_dim:
-            return f"{episode.actions.shape[1]}-dim actions; {spec.name} takes {spec.action_dim}"
+        if wrong_width:
+            return wrong_width
         h, w = episode.frames.shape[-2:]
         size = self._sizes.get(episode.task)
         if size is not None and (h, w) != size:
@@ -220,6 +220,12 @@ def check_labels(task: str, behavior: str) -> None:
         raise ValueError(f"behavior label {behavior!r} must be a plain name like 'expert' or 'noise-ou'")
 
 
+def width_mismatch(episode: Episode) -> str | None:
+    """Why the episode's actions do not fit its task, or None (unknown tasks raise `ValueError`)."""
+    width, spec = episode.actions.shape[1], task_spec(episode.task)
+    return None if width == spec.action_dim else f"{width}-dim actions; {spec.name} takes {spec.action_dim}"
+
+
 def remove_stale_temporaries(root: Path) -> list[Path]:
     """Delete the hidden `.<name>.<pid>.<random>.tmp` files under `root/<task>/<behavior>/`
     that a killed writer left (its process is gone). Returns what it removed."""
@@ -241,8 +247,8 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, under another user
+        pass
     return True
 
 

@@ -84,9 +84,9 @@ def test_mismatched_episodes_are_skipped_by_name(kind, toy_store, tmp_path):
 
 @pytest.mark.parametrize("task,behavior,match", [
     ("toy-reach", "x/../../evil", "behavior label"), ("toy-reach", ".hidden", "behavior label"),
-    ("toy-rech", "random", "unknown task"), ("toy-reach", "random", "takes 2-dim actions")])
+    ("toy-rech", "random", "unknown task"), ("toy-reach", "random", "3-dim actions; toy-reach takes 2")])
 def test_add_refuses_unknown_tasks_unsafe_labels_and_wrong_widths(task, behavior, match, tmp_path):
-    ep = episode(action_dim=3 if match == "takes 2-dim actions" else 2)
+    ep = episode(action_dim=3 if "3-dim" in match else 2)
     ep.task, ep.behavior = task, behavior
     with pytest.raises(ValueError, match=match):
         EpisodeStore(tmp_path / "store").add(ep)
