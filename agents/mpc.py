@@ -10,8 +10,9 @@ from torch import Tensor
 
 from agents.context import ContextAgent
 from planners import MPC
-from uncertainty import penalized_reward, signal
+from uncertainty import check_signal, signal
 from world_models import Imagination, SimState, Simulator
+from world_models.imagined import ImaginedReward
 
 PRIORS = ("bc", "policy", "none")
 
@@ -21,12 +22,13 @@ class MPCAgent(ContextAgent):
 
     A candidate plan `[H, A]` scores
 
-        Σ_h γ^h (r_h - λ u_h)  +  γ^H V(f_H)
+        Σ_h γ^h (w r_h - λ u_h + β u_h)  +  γ^H V(f_H)
 
     where `r` are the model's predicted rewards, `u` a per-step uncertainty signal by name
     (`uncertainty.signal`: `"u_r"`, `"u_s"`, `"u_f"` or a native one such as
-    `"token_entropy"`), divided by the scene motion when `motion` is given (MOPO-style), and
-    `V` a terminal value of the features of the plan's last imagined frame — for example
+    `"token_entropy"`), divided by the scene motion when `motion` is given. The step term
+    is `world_models.ImaginedReward(w, λ, β)`, the builder MOPO's penalty (λ) and curiosity's
+    bonus (β, see `CuriosityAgent`) share; `V` is a terminal value of the features of the plan's last imagined frame — for example
     `Learner.state_value`, Q(f, π(f)) of an actor and critic learned offline.
 
     The prior warm-starts the CEM mean with a rollout from the current state and, with
@@ -40,9 +42,12 @@ class MPCAgent(ContextAgent):
         task: the task name passed to `start`.
         context: frames of history the model sees (with the actions between them).
         discount: γ.
-        penalty, lam: the signal name and its weight λ.
+        signal: the uncertainty signal's name, or None.
+        lam, bonus: its weight as a penalty (λ) or as a bonus (β); at most one is > 0.
+        reward_weight: w, the weight of the model's reward (default 1, or 0 for a model
+            without a reward head; 0: the signal and the value alone).
         seeds: samples per plan (`"u_s"` needs >= 2; rewards are averaged over them).
-        motion: `MotionStats` or `RunningMotion` to normalise the penalty by, or None.
+        motion: `MotionStats` or `RunningMotion` to normalise the signal by, or None.
         value: features `[N, F]` -> `[N]`, the terminal value, or None (reward only).
         policy: features `[N, F]` -> actions `[N, A]`, for `prior="policy"`.
         prior: `"bc"`, `"policy"` or `"none"`; `"bc"` falls back to none without a BC head.
@@ -52,26 +57,28 @@ class MPCAgent(ContextAgent):
     """
 
     def __init__(self, model: Simulator, mpc: MPC, task: str, *, context: int = 1, discount: float = 1.0,
-                 penalty: str | None = None, lam: float = 0.0, seeds: int = 1, motion=None,
-                 value: Callable[[Tensor], Tensor] | None = None, policy: Callable[[Tensor], Tensor] | None = None,
-                 prior: str = "bc", prior_samples: int = 8, prior_noise: float = 0.1, seed: int = 0):
-        native = tuple(getattr(model, "native_signals", ()))
-        if penalty is not None and lam:
-            known = ("u_r", "u_s", *native, *(("u_f",) if "flow_instability" in native else ()))
-            if penalty not in known:
-                raise ValueError(f"{model.name} offers the signals {list(known)}, not {penalty!r}")
-            if penalty == "u_s" and seeds < 2:
-                raise ValueError("the penalty u_s (inter-seed variance) needs seeds >= 2")
+                 signal: str | None = None, lam: float = 0.0, bonus: float = 0.0, reward_weight: float | None = None,
+                 seeds: int = 1, motion=None, value: Callable[[Tensor], Tensor] | None = None,
+                 policy: Callable[[Tensor], Tensor] | None = None, prior: str = "bc", prior_samples: int = 8,
+                 prior_noise: float = 0.1, seed: int = 0):
+        reward_weight = (1.0 if model.has_reward else 0.0) if reward_weight is None else reward_weight
+        earn = ImaginedReward(reward_weight, lam, bonus) if (reward_weight or lam or bonus) else None
+        if earn is not None and earn.uses_signal:
+            if signal is None:
+                raise ValueError("a penalty (lam) or bonus > 0 needs a signal name")
+            check_signal(signal, model, seeds)
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         if prior == "policy" and policy is None:
             raise ValueError("prior='policy' needs a policy (features -> actions)")
-        if not model.has_reward and value is None:
-            raise ValueError(f"{model.name} has no reward head and no value was given: nothing to maximise")
+        if earn is not None and earn.reward and not model.has_reward:
+            raise ValueError(f"{model.name} has no reward head: give reward_weight=0 (with a value or a bonus)")
+        if earn is None and value is None:
+            raise ValueError("every step weight is 0 and no value was given: nothing to maximise")
         super().__init__(context)
         self.model, self.mpc, self.task = model, mpc, task
         self.discount, self.seeds, self.motion = discount, seeds, motion
-        self.penalty, self.lam, self.value, self.policy = penalty, lam, value, policy
+        self.earn, self.signal, self.value, self.policy = earn, signal, value, policy
         self.prior = "none" if prior == "bc" and not model.has_policy else prior
         self.prior_samples, self.prior_noise = prior_samples, prior_noise
         self.generator = torch.Generator().manual_seed(seed)
@@ -106,20 +113,18 @@ class MPCAgent(ContextAgent):
 
     # ---- internals -------------------------------------------------------------------------
     def _score(self, start: SimState, plans: Tensor) -> Tensor:
-        """`Σ_h γ^h (r_h - λ u_h) + γ^H V(f_H)` of each plan `[N, H, A]` from `start` -> `[N]`."""
-        penalised = bool(self.penalty and self.lam)
-        native = "flow_instability" if self.penalty == "u_f" else self.penalty
-        signals = (native,) if penalised and native in self.model.native_signals else ()
+        """`Σ_h γ^h (w r_h - λ u_h + β u_h) + γ^H V(f_H)` of each plan `[N, H, A]` from `start` -> `[N]`."""
+        uses_signal = self.earn is not None and self.earn.uses_signal
+        native = "flow_instability" if self.signal == "u_f" else self.signal
+        signals = (native,) if uses_signal and native in self.model.native_signals else ()
         im = self.model.rollout(start, plans.to(start.features.device), signals=signals)
         weights = self.discount ** torch.arange(self.horizon, device=im.latents.device, dtype=torch.float32)
         score = torch.zeros(len(plans), device=im.latents.device)
-        if im.rewards is not None:
-            reward = im.rewards
-            if penalised:
-                u = signal(self.penalty, self.model, im)
-                u = u if self.motion is None else self.motion.normalise(u, self.task)
-                reward = penalized_reward(reward, u, self.lam)
-            score = (reward * weights).sum(-1)
+        if self.earn is not None:
+            u = signal(self.signal, self.model, im) if uses_signal else None
+            if u is not None and self.motion is not None:
+                u = self.motion.normalise(u, self.task)
+            score = (self.earn(im.rewards, u) * weights).sum(-1)
         if self.value is not None:
             score = score + self.discount ** self.horizon * self.value(im.features[:, -1]).to(score.device)
         return score.to(plans.device)

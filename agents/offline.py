@@ -3,7 +3,7 @@
     real = feature_transitions(model, store, episodes, task)      # real data, as features
     starts = StartWindows(store, episodes, task=task, context=model.max_context)
     result = mopo(model, Learner("sac", real.obs_dim, A), real, starts, MOPOConfig(),
-                  penalty=StepPenalty("u_r", model), lam=1.0)
+                  penalty=StepSignal("u_r", model), lam=1.0)
 
 Every `rollout_every` gradient steps, `rollout_batch` imagined rollouts of `horizon` steps
 branch from real start windows, acting with the current policy; their reward is the
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from agents.learner import Learner
 from replay import EpisodeInfo, EpisodeStore
 from world_models import Simulator
-from world_models.imagined import Penalty, StartWindows
+from world_models.imagined import ImaginedReward, Signal, StartWindows
 
 
 @dataclass
@@ -170,12 +170,12 @@ class MOPOConfig:
 
 @torch.no_grad()
 def imagined_rollouts(model: Simulator, learner: Learner, starts: StartWindows, n: int, horizon: int,
-                      penalty: Penalty | None, lam: float, rng: np.random.Generator,
+                      penalty: Signal | None, earn: ImaginedReward, rng: np.random.Generator,
                       generator: torch.Generator) -> tuple[Transitions, dict[str, float]]:
     """`n` rollouts of `horizon` steps from real start windows, acting with the learner's
-    exploring policy; rewards are the model's minus `lam * u`."""
+    exploring policy; rewards are `earn(r, u)`: the model's minus `lam * u` for MOPO."""
     frames, actions = starts.draw(n, rng)
-    penalised = penalty is not None and lam > 0
+    penalised = penalty is not None and earn.uses_signal
     state = model.start(frames, actions, task=starts.task, seeds=penalty.seeds if penalised else 1,
                         generator=generator)
     obs = state.features.float().cpu().numpy()
@@ -184,23 +184,23 @@ def imagined_rollouts(model: Simulator, learner: Learner, starts: StartWindows, 
         a = np.clip(learner.act(obs, explore=True), -1, 1).astype(np.float32)
         state, out = model.step(state, torch.as_tensor(a, device=state.features.device),
                                 signals=penalty.signals if penalised else ())
-        r = out.reward.float()
-        rs.append(r.mean().item())
-        if penalised:
-            u = penalty(out).float()
+        r, u = out.reward, penalty(out).float() if penalised else None
+        if r is not None:
+            rs.append(r.float().mean().item())
+        if u is not None:
             us.append(u.mean().item())
-            r = r - lam * u
+        r = earn(r, u)
         nxt = out.features.float().cpu().numpy()
         parts.append(Transitions(obs, a, r.cpu().numpy(), nxt, np.zeros(n, np.float32)))
         obs = nxt
-    stats = {"rollout/model_reward": float(np.mean(rs))}
+    stats = {"rollout/model_reward": float(np.mean(rs))} if rs else {}
     if us:
         stats["rollout/u"] = float(np.mean(us))
     return Transitions.cat(parts), stats
 
 
 def mopo(model: Simulator | None, learner: Learner, real: Transitions, starts: StartWindows | None, cfg: MOPOConfig, *,
-         penalty: Penalty | None = None, lam: float = 0.0,
+         penalty: Signal | None = None, lam: float = 0.0, bonus: float = 0.0, reward_weight: float = 1.0,
          evaluate: Callable[[Learner], dict[str, float]] | None = None,
          log: Callable[[int, dict[str, float]], None] | None = None,
          checkpoint: Callable[[Learner], None] | None = None, progress: bool = True) -> list[dict[str, float]]:
@@ -208,11 +208,17 @@ def mopo(model: Simulator | None, learner: Learner, real: Transitions, starts: S
     reloaded learner resumes). With `model`, batches mix real and imagined transitions
     (MOPO); without, they are real only (the model-free anchor). `evaluate(learner)` runs
     every `eval_every` steps and at the end; `log(step, metrics)` receives everything;
-    `checkpoint(learner)` runs after each evaluation. Returns the evaluations."""
-    if model is not None and not model.has_reward:
+    `checkpoint(learner)` runs after each evaluation. Imagined rewards are
+    `reward_weight * r - lam * u + bonus * u` (`ImaginedReward`, with `u` the `penalty`
+    signal): MOPO's penalty, or with `bonus` a curiosity reward (`agents.curiosity`).
+    Returns the evaluations."""
+    earn = ImaginedReward(reward_weight, lam, bonus)
+    if model is not None and earn.reward and not model.has_reward:
         raise ValueError(f"{model.name} has no reward head: MOPO needs the model's rewards")
     if model is not None and starts is None:
         raise ValueError("MOPO with a model needs start windows for its rollouts")
+    if earn.uses_signal and penalty is None:
+        raise ValueError("lam or bonus > 0 needs a penalty (an uncertainty signal)")
     rng = np.random.default_rng([cfg.seed, learner.steps])
     generator = torch.Generator(device=getattr(model, "device", torch.device("cpu"))).manual_seed(cfg.seed + learner.steps)
     buffer = ModelBuffer(cfg.rollout_batch * cfg.horizon * cfg.keep_rounds, real.obs_dim, real.actions.shape[1])
@@ -223,7 +229,7 @@ def mopo(model: Simulator | None, learner: Learner, real: Transitions, starts: S
     for step in bar:
         metrics: dict[str, float] = {}
         if model is not None and step % cfg.rollout_every == 0:
-            imagined, stats = imagined_rollouts(model, learner, starts, cfg.rollout_batch, cfg.horizon, penalty, lam,
+            imagined, stats = imagined_rollouts(model, learner, starts, cfg.rollout_batch, cfg.horizon, penalty, earn,
                                                 rng, generator)
             buffer.add(imagined)
             metrics.update(stats)

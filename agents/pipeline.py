@@ -30,7 +30,7 @@ from agents.offline import MOPOConfig, feature_transitions, mopo
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from replay.experts import expert_path, train_sac_expert
-from uncertainty import MotionStats, StepPenalty, world_model_quality
+from uncertainty import MotionStats, StepSignal, world_model_quality
 from uncertainty.fidelity import fidelity_report, start_rollout_image, zero_action_starts
 from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.imagined import StartWindows
@@ -106,7 +106,7 @@ def make_mpc_agent(cfg, model, learner: Learner | None, action_dim: int, seed: i
     use_value = a.value and learner is not None and learner.has_critic
     prior = a.prior if (a.prior != "policy" or learner is not None) else "bc"
     return MPCAgent(model, make_planner(cfg.planner, action_dim, seed), cfg.task, context=context,
-                    discount=a.discount, penalty=a.penalty, lam=a.lam, seeds=a.seeds, motion=motion,
+                    discount=a.discount, signal=a.penalty, lam=a.lam, seeds=a.seeds, motion=motion,
                     value=learner.state_value if use_value else None,
                     policy=learner.policy if learner is not None else None, prior=prior,
                     prior_samples=a.prior_samples, prior_noise=a.prior_noise, seed=seed)
@@ -275,7 +275,7 @@ class MainJob:
         real = feature_transitions(model, self.store, episodes, c.task, cache=cache, progress=c.progress)
         learner = Learner(c.algo, real.obs_dim, self.spec.action_dim, **{"gamma": 0.99, **c.learner})
         starts = StartWindows(self.store, episodes, task=c.task, context=model.max_context) if c.model_based else None
-        penalty = (StepPenalty(c.penalty, model, motion=MotionStats.load(self.checkpoint(), c.task), task=c.task)
+        penalty = (StepSignal(c.penalty, model, motion=MotionStats.load(self.checkpoint(), c.task), task=c.task)
                    if c.model_based and c.lam else None)
         mopo(model if c.model_based else None, learner, real, starts,
              MOPOConfig(steps=c.learner_steps, seed=c.seed, **c.mopo), penalty=penalty, lam=c.lam, progress=c.progress)

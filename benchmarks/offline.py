@@ -23,7 +23,7 @@ from agents.evaluate import evaluate
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
 from replay import EpisodeStore
-from uncertainty import MotionStats, StepPenalty
+from uncertainty import MotionStats, StepSignal
 from world_models.imagined import StartWindows
 
 
@@ -82,7 +82,7 @@ def main() -> None:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99)
-            penalty = StepPenalty(signal, model, motion=motion, task=args.task) if signal else None
+            penalty = StepSignal(signal, model, motion=motion, task=args.task) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500)
             ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,
                       penalty=penalty, lam=lam, progress=False,

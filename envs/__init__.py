@@ -18,7 +18,7 @@ def make(task: str, obs: str = "pixels", size: int = 64, seed: int = 0, **kwargs
     """Build the environment for a registered task.
 
     Args:
-        task: registry name, e.g. ``"cup-catch"``, ``"mw-push"``, ``"toy-reach"``.
+        task: registry name, e.g. ``"cup-catch"``, ``"mw-push"``, ``"toy-reach"``, ``"toy-pong"``.
         obs: ``"pixels"`` (`uint8 [3, size, size]`) or ``"state"`` (`float32 [state_dim]`).
         size: square frame size in pixels.
         seed: seed of the first ``reset()`` when none is given.
@@ -26,12 +26,13 @@ def make(task: str, obs: str = "pixels", size: int = 64, seed: int = 0, **kwargs
     """
     spec = task_spec(task)
     if spec.domain == "toy":
-        from envs.toy import ToyReachEnv as cls
+        from envs.toy import TOYS
+        cls = TOYS[spec.source]
     elif spec.domain == "dmc":
         from envs.dmc import DMCEnv as cls
     else:
         from envs.meta_world import MetaWorldEnv as cls
-    bad = sorted(set(kwargs) - ({"start_box", "goal_box"} if spec.domain == "toy" else set()))
+    bad = sorted(set(kwargs) - set(getattr(cls, "OPTIONS", ())))
     if bad:
         raise ValueError(f"{task}: unexpected options {bad}")
     return cls(spec, obs=obs, size=size, seed=seed, **kwargs)

@@ -88,6 +88,13 @@ def _build() -> dict[str, TaskSpec]:
     specs.append(TaskSpec("toy-reach", "toy", "reach", 2, 50, "delta_pose",
                           "Move the red dot onto the green goal.", delta_dims=(0, 1),
                           has_success=True))
+    specs.append(TaskSpec("toy-pong", "toy", "pong", 1, 100, "delta_pose",
+                          "Keep the ball in play with the paddle.", delta_dims=(0,), has_success=True))
+    specs.append(TaskSpec("toy-maze", "toy", "maze", 2, 80, "delta_pose",
+                          "Find the way through the maze to the blue goal.", delta_dims=(0, 1),
+                          has_success=True))
+    specs.append(TaskSpec("toy-push", "toy", "push", 2, 80, "delta_pose",
+                          "Push the blue block onto the green pad.", delta_dims=(0, 1), has_success=True))
     return {s.name: s for s in specs}
 
 

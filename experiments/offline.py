@@ -33,7 +33,7 @@ from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
 from agents.offline import MOPOConfig, feature_transitions, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
-from uncertainty import KNNDistance, MotionStats, StepPenalty  # noqa: E402
+from uncertainty import KNNDistance, MotionStats, StepSignal  # noqa: E402
 from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
 from world_models.imagined import StartWindows  # noqa: E402
 
@@ -53,11 +53,11 @@ def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path):
             raise ValueError("knn compares pixel-model latents; the ensemble has max_std and disagreement")
         return KNNPenalty(KNNDistance.fit(store, model, episodes, seed=cfg.seed))
     motion = MotionStats.load(checkpoint, cfg.task) if model.name != "ensemble" else None
-    return StepPenalty(cfg.penalty, model, motion=motion, task=cfg.task)
+    return StepSignal(cfg.penalty, model, motion=motion, task=cfg.task)
 
 
 class KNNPenalty:
-    """kNN distance of each imagined latent to the training latents, as a step `Penalty`."""
+    """kNN distance of each imagined latent to the training latents, as a step `Signal`."""
 
     signals: tuple[str, ...] = ()
     seeds = 1

@@ -4,7 +4,14 @@
     python experiments/train.py world_model=whale task=toy-reach preset=tiny
     python experiments/train.py world_model=ensemble task=toy-reach preset=small   # on states
 
-Resumes from `<out>/checkpoint` after a kill. Ends with held-out metrics: recon PSNR,
+Resumes from `<out>/checkpoint` after a kill. `init=<checkpoint>` finetunes a trained model
+instead of starting from scratch: on the episodes of `task` (which it may never have seen:
+its task embedding grows a row), for the phases in `phases` (default all) and the steps in
+`steps` (default the phase steps of its config):
+
+    python experiments/train.py world_model=dreamer4 task=toy-pong init=runs/train/.../checkpoint \
+        "phases=[dynamics]" +steps.dynamics=300 out=runs/finetune/toy-pong
+ Ends with held-out metrics: recon PSNR,
 8-step rollout PSNR gain over repeating the last frame, the action-shuffle ratio and,
 where episodes recorded states, what full-frame PSNR hides — foreground PSNR, the state
 probe's R² and the reward error, for the start phase and the rest (also in TensorBoard).
@@ -21,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 import world_models
 from agents.pipeline import world_model_report, write_json
 from replay import EpisodeStore
-from world_models.checkpoint import hold_lock, save_checkpoint
-from world_models.training import TrainConfig, split_episodes, train, train_member
+from world_models.checkpoint import find_checkpoint, hold_lock, read_config, save_checkpoint
+from world_models.training import TrainConfig, split_episodes, train, train_member, with_tasks
 
 
 def log_scalars(out: Path, results: dict[str, float]) -> None:
@@ -56,6 +63,22 @@ def train_state_ensemble(cfg: DictConfig, tasks: list[str], store: EpisodeStore,
     print(f"checkpoint: {out / 'checkpoint'}")
 
 
+def initial_model(cfg: DictConfig, tasks: list[str]):
+    """A fresh model from the preset, or the trained one at `init` (grown to know `tasks`)."""
+    if not cfg.init:
+        return world_models.make(cfg.world_model, cfg.preset, tasks=tuple(tasks), **OmegaConf.to_container(cfg.model))
+    found = find_checkpoint(cfg.init)
+    if found is None:
+        raise ValueError(f"init={cfg.init}: no checkpoint there")
+    family = read_config(found)["name"]
+    if family != cfg.world_model:
+        raise ValueError(f"init={cfg.init} is a {family} checkpoint, but world_model={cfg.world_model} "
+                         f"(finetune it with world_model={family})")
+    if cfg.model:
+        raise ValueError("model overrides do not apply to init=: the checkpoint's config is kept")
+    return with_tasks(world_models.load(found).train(), tasks)
+
+
 @entry_point("train")
 def main(cfg: DictConfig) -> None:
     tasks = [cfg.task] if isinstance(cfg.task, str) else list(cfg.task)
@@ -64,22 +87,27 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.world_model == "ensemble":
+        if cfg.init:
+            raise ValueError("init= finetunes a pixel world model (dreamer4, whale), not the state ensemble")
         out = Path(cfg.out or f"runs/train/ensemble-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
         hold_lock(out)
         return train_state_ensemble(cfg, tasks, EpisodeStore(cfg.store), out)
-    model = world_models.make(cfg.world_model, cfg.preset, tasks=tuple(tasks),
-                              **OmegaConf.to_container(cfg.model)).to(device)
+    model = initial_model(cfg, tasks).to(device)
     mc = model.cfg
     steps = {**mc.phase_steps, **OmegaConf.to_container(cfg.steps)}
-    unknown = set(steps) - set(model.phases)
+    phases = list(model.phases) if cfg.phases is None else list(cfg.phases)
+    unknown = (set(steps) | set(phases)) - set(model.phases)
     if unknown:
-        raise ValueError(f"steps: unknown phase(s) {sorted(unknown)}; {cfg.world_model} has {model.phases}")
-    out = Path(cfg.out or f"runs/train/{cfg.world_model}-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
+        raise ValueError(f"steps/phases: unknown phase(s) {sorted(unknown)}; {cfg.world_model} has {model.phases}")
+    steps = {p: steps[p] for p in phases}
+    kind = "finetune" if cfg.init else "train"
+    out = Path(cfg.out or f"runs/{kind}/{cfg.world_model}-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
     store = EpisodeStore(cfg.store)
     train_eps, held_eps = split_episodes(store, tasks, cfg.holdout, cfg.seed)
     print(f"{cfg.world_model}/{cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{len(train_eps)} train / {len(held_eps)} held-out episodes, phases "
-          + ", ".join(f"{p} {steps[p]} steps" for p in model.phases) + f" -> {out}")
+          + ", ".join(f"{p} {steps[p]} steps" for p in phases) + (f" from {cfg.init}" if cfg.init else "")
+          + f" -> {out}")
     train_cfg = TrainConfig(steps=steps, batch=mc.batch, seq_len=mc.seq_len, lr=mc.lr, weight_decay=mc.weight_decay,
                             weighting=cfg.weighting, seed=cfg.seed, progress=cfg.progress)
     metrics = train(model, store, train_eps, out, train_cfg)

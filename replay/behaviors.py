@@ -2,7 +2,9 @@
 
 A behaviour maps the low-dimensional state to an action in [-1, 1]. It is reset at the
 start of every episode with a generator, from which it draws everything random
-(including per-episode parameters), so an episode seed reproduces its actions.
+(including per-episode parameters), so an episode seed reproduces its actions. Behaviours
+that act from the camera (an agent of `agents`, e.g. curiosity) also `begin(obs)` an
+episode and `see(action, obs)` every step, through `AgentBehavior`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,12 @@ class Behavior(ABC):
 
     def reset(self, rng: np.random.Generator) -> None:
         self.rng = rng
+
+    def begin(self, obs: np.ndarray) -> None:
+        """The episode's first frame `uint8 [3, h, w]` (for behaviours that act from pixels)."""
+
+    def see(self, action: np.ndarray, obs: np.ndarray) -> None:
+        """The action executed (by this or another behaviour of a mix) and the frame it led to."""
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
         """Action `float32 [action_dim]` in [-1, 1] for `state`."""
@@ -136,6 +144,29 @@ class StructuredNoise(Behavior):
         return (1 - self.alpha) * a + self.alpha * self.rng.uniform(-1.0, 1.0, self.action_dim)
 
 
+class AgentBehavior(Behavior):
+    """An agent (`reset(obs)`, `act()`, `observe(action, obs)`: see `agents`) as a behaviour:
+    it acts from the camera, not the state. `make_agent(seed)` builds a fresh one per
+    episode, seeded from the episode's generator, so an episode seed reproduces it."""
+
+    def __init__(self, name: str, action_dim: int, make_agent: Callable[[int], object]):
+        super().__init__(action_dim)
+        self.name, self.make_agent, self.agent = name, make_agent, None
+
+    def reset(self, rng):
+        super().reset(rng)
+        self.agent = self.make_agent(int(rng.integers(2**31)))
+
+    def begin(self, obs):
+        self.agent.reset(obs)
+
+    def see(self, action, obs):
+        self.agent.observe(action, obs)
+
+    def act(self, state):
+        return self.agent.act()
+
+
 class MixedBehavior(Behavior):
     """Switches between behaviours within an episode, in segments of U{min_len, max_len} steps.
 
@@ -156,6 +187,14 @@ class MixedBehavior(Behavior):
         for b in self.behaviors:
             b.reset(rng)
         self.steps_left = 0
+
+    def begin(self, obs):
+        for b in self.behaviors:
+            b.begin(obs)
+
+    def see(self, action, obs):
+        for b in self.behaviors:
+            b.see(action, obs)
 
     def act(self, state):
         if self.steps_left == 0:
@@ -189,20 +228,28 @@ class SnapshotMix(Behavior):
 
 
 BEHAVIORS = ("random", "noop", "expert", "transformed", "noise", "noise-gaussian", "noise-ou",
-             "noise-mix", "mixed", "medium", "medium-replay")
+             "noise-mix", "mixed", "medium", "medium-replay", "curiosity")
 
 
 def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavior] | None = None,
-                  snapshots: list[Callable[[], ExpertBehavior]] | None = None) -> Behavior:
+                  snapshots: list[Callable[[], ExpertBehavior]] | None = None,
+                  agents: dict[str, Callable[[int], object]] | None = None) -> Behavior:
     """Build a behaviour by name (see `BEHAVIORS`).
 
     Args:
+        agents: agent factories by behaviour name (e.g. ``{"curiosity": ...}``, see
+            `agents.curiosity`); such a behaviour needs one, and ``mixed`` mixes them in.
         expert: a factory for the task's expert; needed by every behaviour built on it
             (all but ``random`` and ``noop``). See `replay.experts.make_expert`.
         snapshots: factories of a learned expert's snapshots up to its medium one (the last);
             without them ``medium`` is the expert with half of every action random and
             ``medium-replay`` mixes in a random share drawn per episode from [0.5, 1].
     """
+    agents = agents or {}
+    if name in agents:
+        return AgentBehavior(name, action_dim, agents[name])
+    if name == "curiosity":
+        raise ValueError("behavior 'curiosity' plans in a world model: give checkpoint=<a trained model>")
     if name == "random":
         return RandomBehavior(action_dim)
     if name == "noop":
@@ -224,4 +271,5 @@ def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavio
     if name.startswith("noise"):
         return StructuredNoise(expert(), kind=name.split("-", 1)[1] if "-" in name else None)
     return MixedBehavior([RandomBehavior(action_dim), NoOpBehavior(action_dim), expert(),
-                          TransformedExpert(expert()), StructuredNoise(expert())])
+                          TransformedExpert(expert()), StructuredNoise(expert())]
+                         + [AgentBehavior(n, action_dim, make) for n, make in agents.items()])

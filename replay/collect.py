@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -43,11 +44,14 @@ class CollectSummary:
 
 def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes: int, *,
             num_envs: int = 1, size: int = 64, seed: int = 0, expert_dir: str | Path = DEFAULT_EXPERT_DIR,
-            episode_steps: int | None = None, progress: bool = True, **env_kwargs) -> CollectSummary:
+            episode_steps: int | None = None, progress: bool = True,
+            agents: dict[str, Callable[[int], object]] | None = None, **env_kwargs) -> CollectSummary:
     """Run `episodes` episodes of `behavior` on `task` and add them to `store`.
 
     `episode_steps` cuts every episode short (truncated) after that many steps: more and
     shorter episodes cover more starts for the same frames (on cup-catch, the swing-up).
+    `agents` names behaviours that act from pixels, e.g. ``{"curiosity": make_agent}`` with
+    `make_agent(seed)` an agent of `agents` (see `replay.behaviors.AgentBehavior`).
 
     Environments run in parallel worker processes (`gymnasium.vector.AsyncVectorEnv`)
     when `num_envs > 1`. Episode k is reset with its own seed drawn from `seed`, and its
@@ -60,9 +64,10 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
     if not 1 <= steps <= spec.episode_length:
         raise ValueError(f"episode_steps must be in [1, {spec.episode_length}] for {task}, got {episode_steps}")
     store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
-    expert = None if behavior in ("random", "noop") else make_expert(task, expert_dir)
+    agents = agents or {}
+    expert = None if behavior in ("random", "noop", *agents) else make_expert(task, expert_dir)
     snapshots = medium_snapshots(task, expert_dir) if behavior.startswith("medium") else None
-    behaviors = [make_behavior(behavior, spec.action_dim, expert, snapshots) for _ in range(num_envs)]
+    behaviors = [make_behavior(behavior, spec.action_dim, expert, snapshots, agents) for _ in range(num_envs)]
     ep_seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
     make_env = partial(envs.make, task, "pixels", size, seed, **env_kwargs)
     if num_envs > 1:  # spawned workers: a forked GL (EGL) context of the parent would hang them
@@ -83,6 +88,7 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
             if slot[i] < 0:
                 continue
             behaviors[i].reset(np.random.default_rng(ep_seeds[next_ep]))
+            behaviors[i].begin(obs[i])
             buffers[i] = {"frames": [obs[i]], "states": [info["state"][i]], "actions": [],
                           "rewards": [], "success": []}
             next_ep += 1
@@ -108,6 +114,7 @@ def collect(task: str, behavior: str, store: EpisodeStore | str | Path, episodes
                 if slot[i] < 0:
                     continue
                 buf = buffers[i]
+                behaviors[i].see(actions[i], obs[i])
                 buf["frames"].append(obs[i])
                 buf["states"].append(state[i])
                 buf["actions"].append(actions[i])

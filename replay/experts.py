@@ -72,12 +72,6 @@ class MLPActor(nn.Module):
         return actor.eval()
 
 
-def toy_reach_expert(state: np.ndarray) -> np.ndarray:
-    """Head straight for the goal at full speed, slowing down on arrival."""
-    from envs.toy import STEP
-    return np.clip((state[2:4] - state[:2]) / STEP, -1.0, 1.0)
-
-
 def expert_path(task: str, expert_dir: str | Path = DEFAULT_EXPERT_DIR) -> Path:
     """Folder of the learned expert for a DMC task (visual variants share their base task's)."""
     spec = task_spec(task)
@@ -89,7 +83,8 @@ def make_expert(task: str, expert_dir: str | Path = DEFAULT_EXPERT_DIR) -> Calla
     """A factory of expert behaviours for `task`; raises `ValueError` if none is available."""
     spec = task_spec(task)
     if spec.domain == "toy":
-        return lambda: ExpertBehavior(spec.action_dim, toy_reach_expert)
+        from envs.toy import TOYS
+        return lambda: ExpertBehavior(spec.action_dim, TOYS[spec.source].expert)
     if spec.domain == "metaworld":
         from metaworld.policies import ENV_POLICY_MAP
         policy_cls = ENV_POLICY_MAP[spec.source]

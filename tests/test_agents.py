@@ -40,7 +40,7 @@ def test_oracle_mpc_reaches_the_goal():
 def test_agent_rejects_a_signal_the_model_lacks():
     env = envs.make("toy-reach", size=16)
     with pytest.raises(ValueError, match="signal"):
-        MPCAgent(Oracle(env), MPC(CEM(2, 4)), "toy-reach", penalty="flow_instability", lam=1.0)
+        MPCAgent(Oracle(env), MPC(CEM(2, 4)), "toy-reach", signal="flow_instability", lam=1.0)
 
 
 def test_penalty_by_name_is_divided_by_scene_motion():
@@ -53,7 +53,7 @@ def test_penalty_by_name_is_divided_by_scene_motion():
     plans = torch.rand(5, 4, 2) * 2 - 1
 
     def score(lam, motion=None):
-        agent = MPCAgent(model, MPC(CEM(2, horizon=4, population=8, elites=2)), "toy-reach", penalty="u_r",
+        agent = MPCAgent(model, MPC(CEM(2, horizon=4, population=8, elites=2)), "toy-reach", signal="u_r",
                          lam=lam, motion=motion, prior_samples=0)
         agent.reset(obs)
         return agent._score(model.start(*agent.context.tensors(model.device), task="toy-reach"), plans)
@@ -63,7 +63,7 @@ def test_penalty_by_name_is_divided_by_scene_motion():
     torch.testing.assert_close(free - plain, round_trip_residual(model, im.latents).sum(-1))
     torch.testing.assert_close(free - halved, (free - plain) / 2)
     with pytest.raises(ValueError, match="seeds >= 2"):
-        MPCAgent(model, MPC(CEM(2, horizon=4)), "toy-reach", penalty="u_s", lam=1.0)
+        MPCAgent(model, MPC(CEM(2, horizon=4)), "toy-reach", signal="u_s", lam=1.0)
 
 
 def test_value_check_pairs_values_with_returns_and_imagined_values():

@@ -125,3 +125,75 @@ def test_mujoco_gl_defaults_to_egl_unless_set(preset, expected):
     out = subprocess.run([sys.executable, "-c", "import os, envs; print(os.environ['MUJOCO_GL'])"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert out == expected
+
+
+TOYS = ("toy-reach", "toy-pong", "toy-maze", "toy-push")
+
+
+@pytest.mark.parametrize("task", TOYS)
+def test_toy_expert_succeeds_and_beats_random(task):
+    from replay.experts import make_expert
+
+    env, expert = envs.make(task, obs="state"), make_expert(task)()
+    returns = {"expert": [], "random": []}
+    successes = []
+    for k in range(10):
+        for who in returns:
+            _, info = env.reset(seed=k)
+            rng, total, done, ok = np.random.default_rng(k), 0.0, False, False
+            while not done:
+                a = expert(info["state"]) if who == "expert" else rng.uniform(-1, 1, env.task.action_dim)
+                _, r, term, trunc, info = env.step(a.astype(np.float32))
+                total, ok, done = total + r, ok or info["success"], term or trunc
+            returns[who].append(total)
+            if who == "expert":
+                successes.append(ok)
+    assert np.mean(successes) == 1.0
+    assert np.mean(returns["expert"]) > np.mean(returns["random"]) + 10, returns
+
+
+@pytest.mark.parametrize("task", TOYS[1:])
+def test_toys_render_their_own_scene_and_restore_snapshots(task):
+    env = envs.make(task, size=16)
+    check_env(env, skip_render_check=False)
+    first, _ = env.reset(seed=0)
+    snap = env.get_sim_state()
+    a = np.full(env.task.action_dim, 0.7, np.float32)
+    frames = [env.step(a)[0] for _ in range(5)]
+    env.set_sim_state(snap)
+    np.testing.assert_array_equal(frames[-1], [env.step(a)[0] for _ in range(5)][-1])
+    assert any(not np.array_equal(first, f) for f in frames)  # something moves
+    looks = {t: envs.make(t, size=16).reset(seed=0)[0][:, 0, 0] for t in TOYS}
+    assert len({tuple(v) for v in looks.values()}) == len(TOYS)  # each has its own background
+
+
+def test_pong_ball_re_enters_after_a_miss():
+    env = envs.make("toy-pong", obs="state")
+    s, _ = env.reset(seed=0)
+    ys = []
+    for _ in range(60):  # the paddle runs away from the ball
+        s, *_ = env.step(np.array([-np.sign(s[1] - s[0]) or 1.0], np.float32))
+        ys.append(s[2])
+    assert min(ys) > -1 and max(np.diff(ys)) > 1.0  # a jump back to the top, never below the floor
+
+
+def test_maze_walls_block_the_agent():
+    from envs.toy import ToyMazeEnv
+
+    env = envs.make("toy-maze", obs="state")
+    env.reset(seed=0)
+    env.set_sim_state({"steps": 0, "sim": np.array([0.125, 0.375, 0.9, -0.9], np.float32)})
+    for _ in range(10):  # straight up into the wall of row 1
+        s, *_ = env.step(np.array([0.0, 1.0], np.float32))
+    assert not ToyMazeEnv._blocked(s[:2]) and s[1] < 0.5
+
+
+def test_push_moves_the_block_only_when_pushed():
+    env = envs.make("toy-push", obs="state")
+    env.reset(seed=0)
+    env.set_sim_state({"steps": 0, "sim": np.array([-0.6, 0.0, 0.0, 0.0, 0.6, 0.0], np.float32)})
+    s, *_ = env.step(np.array([0.0, 1.0], np.float32))  # away from the block
+    np.testing.assert_array_equal(s[2:4], [0.0, 0.0])
+    for _ in range(6):
+        s, *_ = env.step(np.array([1.0, 0.0], np.float32))
+    assert s[2] > 0.2 and abs(s[3]) < 1e-6 and s[0] < s[2]

@@ -6,8 +6,8 @@ from gymnasium.utils.env_checker import check_env
 
 import world_models
 from replay import EpisodeStore, collect
-from uncertainty import StepPenalty
-from world_models.imagined import ImaginedEnv, ImaginedVecEnv, StartWindows
+from uncertainty import StepSignal
+from world_models.imagined import ImaginedEnv, ImaginedReward, ImaginedVecEnv, StartWindows
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +41,33 @@ def test_vec_env_truncates_together_and_restarts(model, store):
     assert not np.allclose(obs, infos[0]["terminal_observation"])  # the next episode's first features
 
 
-def test_penalty_is_subtracted_from_the_models_reward(model, store):
+def test_penalty_is_subtracted_and_a_bonus_added_by_one_builder(model, store):
     starts = StartWindows(store, task="toy-reach")
-    penalty = StepPenalty("u_f", model)
-    env = ImaginedVecEnv(model, starts, num_envs=2, horizon=3, penalty=penalty, lam=2.0, seed=1)
-    env.reset()
-    _, rewards, _, infos = env.step(np.zeros((2, 2), np.float32))
-    for r, info in zip(rewards, infos):
-        assert r == pytest.approx(info["model_reward"] - 2.0 * info["u"], abs=1e-5)
-    assert StepPenalty("u_s", model).seeds == 2
+    u_f = StepSignal("u_f", model)
+    for weights, expect in (({"lam": 2.0}, lambda r, u: r - 2.0 * u),
+                            ({"bonus": 3.0}, lambda r, u: r + 3.0 * u),
+                            ({"bonus": 3.0, "reward_weight": 0.0}, lambda r, u: 3.0 * u)):
+        env = ImaginedVecEnv(model, starts, num_envs=2, horizon=3, signal=u_f, seed=1, **weights)
+        env.reset()
+        _, rewards, _, infos = env.step(np.zeros((2, 2), np.float32))
+        for r, info in zip(rewards, infos):
+            assert r == pytest.approx(expect(info["model_reward"], info["u"]), abs=1e-5), weights
+    assert StepSignal("u_s", model).seeds == 2
     with pytest.raises(ValueError, match="offers the signals"):
-        StepPenalty("token_entropy", model)
-    with pytest.raises(ValueError, match="needs a penalty"):
+        StepSignal("token_entropy", model)
+    with pytest.raises(ValueError, match="needs an uncertainty signal"):
         ImaginedVecEnv(model, starts, lam=1.0)
+
+
+@pytest.mark.parametrize("weights,message", [({"penalty": -1.0}, ">= 0"), ({"bonus": float("nan")}, ">= 0"),
+                                             ({"penalty": 1.0, "bonus": 1.0}, "not both"),
+                                             ({"reward": 0.0}, "earn nothing"), ({"reward": True}, ">= 0")])
+def test_imagined_reward_refuses_sign_tricks_and_empty_objectives(weights, message):
+    with pytest.raises(ValueError, match=message):
+        ImaginedReward(**weights)
+    r, u = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0])
+    torch.testing.assert_close(ImaginedReward(penalty=2.0)(r, u), torch.tensor([0.0, 0.0]))
+    torch.testing.assert_close(ImaginedReward(reward=0.0, bonus=3.0)(None, u), torch.tensor([1.5, 3.0]))
 
 
 def test_start_windows_from_given_frames(model):

@@ -14,7 +14,7 @@ from agents.evaluate import evaluate
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
 from replay import EpisodeStore, collect
-from uncertainty import StepPenalty
+from uncertainty import StepSignal
 from world_models.imagined import StartWindows
 
 
@@ -47,6 +47,6 @@ def test_mopo_beats_bc_and_the_dataset(data):
     store, model = data
     dataset = np.mean([store.load(e).episode_return for e in store.episodes()])
     bc = run(store, model, "bc", use_model=False)
-    ours = run(store, model, "sac", use_model=True, penalty=StepPenalty("max_std", model), lam=1.0)
+    ours = run(store, model, "sac", use_model=True, penalty=StepSignal("max_std", model), lam=1.0)
     print(f"toy-reach offline, 20 episodes: dataset {dataset:.1f}, BC {bc:.1f}, MOPO {ours:.1f}")
     assert ours > bc + 2 and ours > dataset + 5

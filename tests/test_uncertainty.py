@@ -7,8 +7,8 @@ import torch
 
 import world_models
 from replay import EpisodeStore, collect
-from uncertainty import (KNNDistance, MotionStats, RunningMotion, auroc, curiosity_reward, latent_motion,
-                         penalized_reward, retracing_actions, retracing_uncertainty, round_trip_residual,
+from uncertainty import (KNNDistance, MotionStats, RunningMotion, auroc, latent_motion,
+                         retracing_actions, retracing_uncertainty, round_trip_residual,
                          seed_variance, signal, spearman, ssim)
 
 
@@ -131,11 +131,3 @@ def test_ssim_is_one_for_identical_frames_and_lower_for_noise():
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(ssim(x, x), torch.ones(2))
     assert (ssim(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)) < 0.9).all()
-
-
-def test_penalty_and_curiosity():
-    r, u = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0])
-    torch.testing.assert_close(penalized_reward(r, u, 2.0), torch.tensor([0.0, 0.0]))
-    torch.testing.assert_close(curiosity_reward(u, 3.0), torch.tensor([1.5, 3.0]))
-    with pytest.raises(ValueError):
-        penalized_reward(r, u, -1.0)

@@ -3,13 +3,13 @@ reward penalties and the metrics that evaluate them."""
 from uncertainty.baselines import KNNDistance, ensemble_disagreement
 from uncertainty.metrics import (action_shuffle_ratio, auroc, lpips, mse, psnr, recon_psnr, rollout_mse,
                                  rollout_psnr_gain, spearman, ssim, world_model_quality)
-from uncertainty.penalties import curiosity_reward, penalized_reward
-from uncertainty.predictors import (PREDICTORS, MotionStats, RunningMotion, StepPenalty, hallucination_signals,
+from uncertainty.predictors import (PREDICTORS, MotionStats, RunningMotion, StepSignal, check_signal,
+                                    hallucination_signals, offered_signals,
                                     latent_motion, round_trip_residual, seed_variance, signal)
 from uncertainty.retracing import RetracingResult, retracing_actions, retracing_uncertainty
 
-__all__ = ["KNNDistance", "MotionStats", "PREDICTORS", "RetracingResult", "RunningMotion", "StepPenalty", "action_shuffle_ratio",
-           "auroc", "curiosity_reward", "ensemble_disagreement", "hallucination_signals", "latent_motion", "lpips",
-           "mse", "penalized_reward", "psnr", "recon_psnr", "retracing_actions", "retracing_uncertainty",
+__all__ = ["KNNDistance", "MotionStats", "PREDICTORS", "RetracingResult", "RunningMotion", "StepSignal", "action_shuffle_ratio",
+           "auroc", "check_signal", "ensemble_disagreement", "hallucination_signals", "latent_motion", "lpips",
+           "mse", "offered_signals", "psnr", "recon_psnr", "retracing_actions", "retracing_uncertainty",
            "rollout_mse", "rollout_psnr_gain", "round_trip_residual", "seed_variance", "signal", "spearman", "ssim",
            "world_model_quality"]

@@ -149,23 +149,35 @@ def signal(name: str, model: WorldModel, im: Imagination) -> Tensor:
         return seed_variance(im.seed_latents)
     native = "flow_instability" if name == "u_f" else name
     if native not in im.signals:
-        known = ["u_r", "u_s", *getattr(model, "native_signals", ())]
-        raise ValueError(f"signal {name!r} was not computed; {model.name} offers {known} "
+        raise ValueError(f"signal {name!r} was not computed; {model.name} offers {offered_signals(model)} "
                          "(native ones must be asked for in imagine(signals=...))")
     return im.signals[native]
 
 
-class StepPenalty:
-    """The `Penalty` of imagined environments (`world_models.imagined`): a per-step
+def offered_signals(model: Simulator) -> list[str]:
+    """The signal names `signal` and `StepSignal` accept for `model`: `u_r`, `u_s`, the
+    model's native signals and, for flow models, `u_f` (their `flow_instability`)."""
+    native = list(getattr(model, "native_signals", ()))
+    return ["u_r", "u_s", *native, *(["u_f"] if "flow_instability" in native else [])]
+
+
+def check_signal(name: str, model: Simulator, seeds: int | None = None) -> None:
+    """Refuse a signal `model` does not offer, or `u_s` with fewer than 2 seeds, in one line."""
+    if name not in offered_signals(model):
+        raise ValueError(f"{model.name} offers the signals {offered_signals(model)}, not {name!r}")
+    if name == "u_s" and seeds is not None and seeds < 2:
+        raise ValueError("the signal u_s (inter-seed variance) needs seeds >= 2")
+
+
+class StepSignal:
+    """The `Signal` of imagined environments (`world_models.imagined`): a per-step
     uncertainty `u [B]` of a `Step` by name — `u_r`, `u_s`, `u_f` or a native signal —
     divided by the scene motion of `task` when `motion` is given."""
 
     def __init__(self, name: str, model: Simulator, *, motion: MotionStats | RunningMotion | None = None,
                  task: str | None = None):
+        check_signal(name, model)
         native = tuple(getattr(model, "native_signals", ()))
-        known = ["u_r", "u_s", *native, *(["u_f"] if "flow_instability" in native else [])]
-        if name not in known:
-            raise ValueError(f"{model.name} offers the signals {known}, not {name!r}")
         self.name, self.model, self.motion, self.task = name, model, motion, task
         as_native = "flow_instability" if name == "u_f" else name
         self.signals = (as_native,) if as_native in native else ()

@@ -8,13 +8,16 @@
 Observations are the model's features `float32 [F]` (what `Simulator.features` gives for
 real frames), or decoded frames `uint8 [3, h, w]` with `obs="frames"`. Every episode
 starts from a window of real frames and lasts `horizon` imagined steps, then ends as a
-time-limit truncation (never a termination). The reward is the model's, minus `lam * u`
-for an optional `penalty` (see `Penalty`; `uncertainty.step_penalty` builds one by name).
+time-limit truncation (never a termination). The reward is the model's, shaped by an
+optional uncertainty `signal` (see `Signal`; `uncertainty.StepSignal` builds one by name):
+`ImaginedReward` subtracts it (MOPO's penalty `lam`) or adds it (a curiosity `bonus`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import math
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import gymnasium as gym
@@ -30,7 +33,7 @@ from replay import EpisodeInfo, EpisodeStore
 from world_models.base import SimState, Simulator, Step
 
 
-class Penalty(Protocol):
+class Signal(Protocol):
     """A per-step uncertainty `u [B]` of a `Step`; `signals` are the native signals the step
     must compute for it and `seeds` the samples per rollout it needs."""
 
@@ -38,6 +41,45 @@ class Penalty(Protocol):
     seeds: int
 
     def __call__(self, out: Step) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class ImaginedReward:
+    """What an imagined step earns: `reward * r - penalty * u + bonus * u`, for the model's
+    reward `r [B]` and an uncertainty signal `u [B]`. MOPO penalises (`penalty` = λ); a
+    curiosity objective seeks (`bonus` = β, with `reward` 0 for pure exploration). One
+    builder serves both, every weight >= 0: a signal is a penalty or a bonus, never both."""
+
+    reward: float = 1.0
+    penalty: float = 0.0
+    bonus: float = 0.0
+
+    def __post_init__(self):
+        for name in ("reward", "penalty", "bonus"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"the {name} weight must be a finite number >= 0, got {v!r}")
+        if self.penalty and self.bonus:
+            raise ValueError("an uncertainty signal is either a penalty (MOPO) or a bonus (curiosity), not both")
+        if not (self.reward or self.penalty or self.bonus):
+            raise ValueError("every weight is 0: an imagined step would earn nothing")
+
+    @property
+    def uses_signal(self) -> bool:
+        return bool(self.penalty or self.bonus)
+
+    def __call__(self, reward: Tensor | None, u: Tensor | None) -> Tensor:
+        """The shaped reward; `reward` may be None when its weight is 0, `u` when the signal's is."""
+        out = 0.0
+        if self.reward:
+            if reward is None:
+                raise ValueError("a reward weight > 0 needs the model's reward")
+            out = self.reward * reward
+        if self.uses_signal:
+            if u is None:
+                raise ValueError("a penalty or bonus weight > 0 needs an uncertainty signal")
+            out = out - self.penalty * u + self.bonus * u
+        return out
 
 
 class StartWindows:
@@ -89,18 +131,19 @@ class StartWindows:
 class _Rollouts:
     """The batch of imagined episodes behind both environments."""
 
-    def __init__(self, model: Simulator, starts: StartWindows, horizon: int, penalty: Penalty | None, lam: float,
-                 obs: str, seed: int):
+    def __init__(self, model: Simulator, starts: StartWindows, horizon: int, signal: Signal | None,
+                 earn: ImaginedReward, obs: str, seed: int):
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         if obs not in ("features", "frames"):
             raise ValueError(f"obs must be 'features' or 'frames', got {obs!r}")
-        if not model.has_reward:
-            raise ValueError(f"{model.name} has no reward head: an imagined environment needs rewards")
-        if lam and penalty is None:
-            raise ValueError("lam > 0 needs a penalty (an uncertainty signal)")
+        if earn.reward and not model.has_reward:
+            raise ValueError(f"{model.name} has no reward head: give reward_weight=0 and a bonus signal")
+        if earn.uses_signal and signal is None:
+            raise ValueError("a penalty (lam) or bonus > 0 needs an uncertainty signal")
         self.model, self.starts, self.horizon = model, starts, horizon
-        self.penalty, self.lam, self.obs_kind = penalty, lam, obs
+        self.signal = signal if earn.uses_signal else None
+        self.earn, self.obs_kind = earn, obs
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=getattr(model, "device", torch.device("cpu"))).manual_seed(seed)
         self.state: SimState | None = None
@@ -122,7 +165,7 @@ class _Rollouts:
     @torch.no_grad()
     def reset(self, n: int) -> np.ndarray:
         frames, actions = self.starts.draw(n, self.rng)
-        seeds = self.penalty.seeds if self.penalty is not None and self.lam else 1
+        seeds = self.signal.seeds if self.signal is not None else 1
         self.state = self.model.start(frames, actions, task=self.starts.task, seeds=seeds, generator=self.generator)
         self.t = 0
         if self.obs_kind == "features":
@@ -133,14 +176,12 @@ class _Rollouts:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Observations, rewards `[B]` and the parts of the reward (`model_reward`, `u`)."""
         a = torch.as_tensor(np.asarray(actions, np.float32)).reshape(self.state.batch, -1)
-        signals = self.penalty.signals if self.penalty is not None and self.lam else ()
+        signals = self.signal.signals if self.signal is not None else ()
         self.state, out = self.model.step(self.state, a, signals=signals, decode=self.obs_kind == "frames")
-        reward = out.reward.float()
-        parts = {"model_reward": reward.cpu().numpy()}
-        if self.penalty is not None and self.lam:
-            u = self.penalty(out).float()
-            parts["u"] = u.cpu().numpy()
-            reward = reward - self.lam * u
+        model_reward = None if out.reward is None else out.reward.float()
+        u = None if self.signal is None else self.signal(out).float()
+        parts = {name: v.cpu().numpy() for name, v in (("model_reward", model_reward), ("u", u)) if v is not None}
+        reward = self.earn(model_reward, u)
         self.t += 1
         if self.obs_kind == "features":
             obs = out.features.float().cpu().numpy()
@@ -156,14 +197,20 @@ class ImaginedVecEnv(VecEnv):
     truncations: `dones` is True, `infos[i]["TimeLimit.truncated"]` is True and
     `infos[i]["terminal_observation"]` holds the last observation; the returned
     observation is then the first of the next episode. `infos[i]` also carries the
-    model's reward and the penalty `u` behind each step's reward.
+    model's reward and the signal `u` behind each step's reward.
+
+    The reward is `reward_weight * r - lam * u + bonus * u` (`ImaginedReward`): MOPO's
+    penalised reward with `lam`, a curiosity reward (Plan2Explore) with `bonus` and
+    `reward_weight=0`.
     """
 
     def __init__(self, model: Simulator, starts: StartWindows, *, num_envs: int = 16, horizon: int = 20,
-                 penalty: Penalty | None = None, lam: float = 0.0, obs: str = "features", seed: int = 0):
+                 signal: Signal | None = None, lam: float = 0.0, bonus: float = 0.0, reward_weight: float = 1.0,
+                 obs: str = "features", seed: int = 0):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.rollouts = _Rollouts(model, starts, horizon, penalty, lam, obs, seed)
+        earn = ImaginedReward(reward_weight, lam, bonus)
+        self.rollouts = _Rollouts(model, starts, horizon, signal, earn, obs, seed)
         action_space = gym.spaces.Box(-1.0, 1.0, (starts.action_dim,), np.float32)
         super().__init__(num_envs, self.rollouts.space(), action_space)
         self._actions: np.ndarray | None = None
@@ -217,9 +264,11 @@ class ImaginedEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model: Simulator, starts: StartWindows, *, horizon: int = 20, penalty: Penalty | None = None,
-                 lam: float = 0.0, obs: str = "features", seed: int = 0):
-        self.rollouts = _Rollouts(model, starts, horizon, penalty, lam, obs, seed)
+    def __init__(self, model: Simulator, starts: StartWindows, *, horizon: int = 20, signal: Signal | None = None,
+                 lam: float = 0.0, bonus: float = 0.0, reward_weight: float = 1.0, obs: str = "features",
+                 seed: int = 0):
+        earn = ImaginedReward(reward_weight, lam, bonus)
+        self.rollouts = _Rollouts(model, starts, horizon, signal, earn, obs, seed)
         self.observation_space = self.rollouts.space()
         self.action_space = gym.spaces.Box(-1.0, 1.0, (starts.action_dim,), np.float32)
 

@@ -26,7 +26,7 @@ from world_models.checkpoint import find_checkpoint, hold_lock, load_trainer_sta
 
 @dataclass
 class TrainConfig:
-    steps: dict[str, int]           # steps per phase
+    steps: dict[str, int]           # steps per phase; a phase not listed is kept as it is (finetuning)
     batch: int = 16
     seq_len: int = 8
     lr: float = 3e-4
@@ -37,6 +37,14 @@ class TrainConfig:
     image_every: int = 250
     seed: int = 0
     progress: bool = True
+
+    @classmethod
+    def for_model(cls, model: WorldModel, steps: dict[str, int] | None = None, **kwargs) -> "TrainConfig":
+        """The model config's batch, window, learning rate and weight decay; its phase steps
+        unless `steps` are given."""
+        c = model.cfg
+        return cls(steps=dict(c.phase_steps if steps is None else steps), batch=c.batch, seq_len=c.seq_len,
+                   lr=c.lr, weight_decay=c.weight_decay, **kwargs)
 
 
 def split_episodes(store: EpisodeStore, tasks, holdout: float, seed: int = 0) -> tuple[list[EpisodeInfo], list[EpisodeInfo]]:
@@ -90,7 +98,7 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for p in range(state["phase"], len(model.phases)):
-        phase, total = model.phases[p], cfg.steps[model.phases[p]]
+        phase, total = model.phases[p], cfg.steps.get(model.phases[p], 0)
         params = list(model.phase_parameters(phase))
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         start = state["step"] if p == state["phase"] else 0
@@ -181,6 +189,23 @@ def image_grid(model: WorldModel, batch: dict, phase: str, n: int = 4) -> torch.
     model.train(was_training)
     real = frames.float() / 255
     return rearrange(torch.cat([real, fake.cpu().float()], 0), "r t c h w -> c (r h) (t w)").clamp(0, 1)
+
+
+def with_tasks(model: WorldModel, tasks) -> WorldModel:
+    """`model`, or a copy of it that also knows `tasks` (to finetune on a task it never saw).
+    The new rows of every task embedding (`*.task_in`) start at the mean of the trained rows;
+    every other weight is copied."""
+    new = tuple(t for t in dict.fromkeys(tasks) if t not in model.tasks)
+    if not new:
+        return model
+    grown = type(model)(model.cfg, tasks=model.tasks + new).to(model.device)
+    state = model.state_dict()
+    for name, module in grown.named_modules():
+        if name.endswith("task_in") and isinstance(module, torch.nn.Embedding):
+            old = state[f"{name}.weight"]
+            state[f"{name}.weight"] = torch.cat([old, old.mean(0, keepdim=True).expand(len(new), -1)])
+    grown.load_state_dict(state)
+    return grown.train(model.training)
 
 
 def ensemble_member(base: WorldModel, seed: int) -> WorldModel:
