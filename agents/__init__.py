@@ -5,8 +5,9 @@ All share one loop: `reset(obs)` at the start of an episode, `act()` for the nex
 """
 from agents.bc import BCAgent, RandomAgent
 from agents.context import FrameContext
+from agents.curiosity import CuriosityAgent
 from agents.mpc import MPCAgent
 from agents.policy import FeaturePolicyAgent, ObservationPolicyAgent
 
-__all__ = ["BCAgent", "FeaturePolicyAgent", "FrameContext", "MPCAgent", "ObservationPolicyAgent",
+__all__ = ["BCAgent", "CuriosityAgent", "FeaturePolicyAgent", "FrameContext", "MPCAgent", "ObservationPolicyAgent",
            "RandomAgent"]

@@ -154,3 +154,13 @@ def collect_curious(task: str, checkpoint: str | Path, store, episodes: int, *, 
             model.eval()
             found = folder / "checkpoint"
     return summaries, found
+
+
+def state_coverage(states: np.ndarray, low, high, bins: int = 10) -> int:
+    """How many cells of a `bins`-per-axis histogram over the box `[low, high]` the positions
+    `states [N, 2]` (e.g. the agent's x, y) visit: the exploration measure of the curiosity
+    experiments (points outside the box do not count)."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    inside = np.all((states >= low) & (states <= high), axis=1)
+    counts, _ = np.histogramdd(states[inside], bins=bins, range=list(zip(low, high)))
+    return int((counts > 0).sum())

@@ -110,3 +110,36 @@ def test_mpc_runs_the_main_job_end_to_end_on_a_toy_budget(tmp_path):
     for line in ("mpc ", "actor ", "random ", "kept the actor's plan", "no Q error"):
         assert line in run.stdout, (line, run.stdout[-2000:])
     assert (tmp_path / "out" / "metrics.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Untrained tiny checkpoints of both pixel families (with scene motion)."""
+    import world_models
+    from world_models.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    for name in ("dreamer4", "whale"):
+        save_checkpoint(root / name, world_models.make(name, "tiny"), scene_motion={"toy-reach": 1.0})
+    return root
+
+
+@pytest.mark.parametrize("script, overrides, word", [
+    ("collect.py", ["behavior=curiosity"], "give checkpoint=<a trained model's checkpoint>"),
+    ("collect.py", ["behavior=curiosity", "checkpoint={ckpt}/dreamer4", "signal=token_entropy"],
+     "offers the signals"),
+    ("collect.py", ["behavior=curiosity", "checkpoint={ckpt}/dreamer4", "signal=u_r/x"], "only suffix is '/m'"),
+    ("collect.py", ["behavior=random", "finetune_every=2"], "finetune_every needs a world model"),
+    ("train.py", ["world_model=whale", "init={ckpt}/dreamer4"], "is a dreamer4 checkpoint"),
+    ("train.py", ["init={ckpt}/nothing"], "no checkpoint there"),
+])
+def test_curiosity_and_finetuning_reject_bad_input_in_one_line(script, overrides, word, checkpoints, tmp_path):
+    out = tmp_path / "out"
+    args = [o.format(ckpt=checkpoints) for o in overrides] + [f"store={tmp_path / 'data'}", "size=16"][: 2 if script == "collect.py" else 1]
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args]
+                         + ([f"out={out}"] if script == "train.py" else [f"finetune_out={out}"]),
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0], run.stderr
+    assert not out.exists()

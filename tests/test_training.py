@@ -114,3 +114,27 @@ def test_frames_of_another_size_are_refused_by_name(toy_store, tmp_path):
     with pytest.raises(ValueError, match=r"16x16 px; this dreamer4 model takes 8x8 \(collect with size=8\)"):
         train(model, toy_store, toy_store.episodes(), tmp_path, TrainConfig(steps={"tokenizer": 1, "dynamics": 1}))
     assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("name", ["dreamer4", "whale"])
+def test_finetuning_an_unseen_task_grows_its_embedding_and_trains_only_the_chosen_phase(name, toy_store, tmp_path):
+    from world_models.training import with_tasks
+
+    torch.manual_seed(0)
+    model = world_models.make(name, "tiny", tasks=("cup-catch",)).eval()
+    grown = with_tasks(model, ["toy-reach"])
+    assert grown.tasks == ("cup-catch", "toy-reach") and with_tasks(grown, ["toy-reach"]) is grown
+    table = grown.dynamics.task_in.weight
+    torch.testing.assert_close(table[0], model.dynamics.task_in.weight[0])
+    torch.testing.assert_close(table[1], model.dynamics.task_in.weight.mean(0))
+    before = {k: v.clone() for k, v in grown.state_dict().items()}
+    train(grown, toy_store, toy_store.episodes(), tmp_path, TrainConfig(steps={"dynamics": 3}, batch=4, seq_len=2,
+                                                                        progress=False))
+    after = grown.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    first = {id(p) for p in grown.phase_parameters(grown.phases[0])}
+    kept = {n for n, p in grown.named_parameters() if id(p) in first}
+    trained = {id(p) for p in grown.phase_parameters("dynamics")}
+    assert kept and not changed & kept, sorted(changed & kept)  # the first phase was not trained
+    assert any(id(p) in trained for n, p in grown.named_parameters() if n in changed)
+    assert load_trainer_state(find_checkpoint(tmp_path / "checkpoint"))["phase"] == len(grown.phases)
