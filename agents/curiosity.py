@@ -69,10 +69,12 @@ class CuriosityAgent(MPCAgent):
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, task: str, *, signal: str = DEFAULT_SIGNAL,
                         model: Simulator | None = None, horizon: int = 8, population: int = 64, elites: int = 8,
-                        iterations: int = 3, replan_every: int = 2, context: int | None = None, seed: int = 0,
-                        **kwargs) -> "CuriosityAgent":
+                        iterations: int = 3, replan_every: int = 2, select: str = "best", init_std: float = 0.7,
+                        context: int | None = None, seed: int = 0, **kwargs) -> "CuriosityAgent":
         """The agent for a trained pixel world model at `checkpoint` (loaded unless `model`
-        is given), seeking `signal` (`"u_r/m"`: u_r over the checkpoint's scene motion)."""
+        is given), seeking `signal` (`"u_r/m"`: u_r over the checkpoint's scene motion). It
+        executes the highest-scoring plan (`select="best"`, as the paper does): the elite
+        mean of a noisy signal shrinks towards standing still."""
         if not checkpoint:
             raise ValueError("curiosity plans in a world model: give checkpoint=<a trained model's checkpoint>")
         name, per_motion = split_signal(signal)
@@ -88,7 +90,7 @@ class CuriosityAgent(MPCAgent):
                           f"over {sorted(known)}", RuntimeWarning, stacklevel=2)
             motion = MotionStats({**known, task: float(np.mean(list(known.values())))})
         cem = CEM(envs.task_spec(task).action_dim, horizon, population=population, elites=elites, iterations=iterations,
-                  init_std=0.7, noise_beta=1.0, seed=seed)
+                  init_std=init_std, noise_beta=1.0, select=select, seed=seed)
         return cls(model, MPC(cem, replan_every=replan_every), task, signal=name, motion=motion,
                    context=context or min(2, model.max_context), seed=seed, **kwargs)
 
@@ -97,20 +99,40 @@ def train_explorer(model: Simulator, starts: StartWindows, signal: Signal, *, st
                    algo: str = "sac", horizon: int = 5, rollout_batch: int = 256, bonus: float = 1.0,
                    reward_weight: float = 0.0, seed: int = 0, progress: bool = True) -> Learner:
     """Plan2Explore's amortised explorer: an actor learned by `algo` (d3rlpy) on imagined
-    rollouts from `starts` whose reward is `bonus * u + reward_weight * r`. Act with it in the
-    real environment through `agents.pipeline.make_actor_agent`."""
+    rollouts from `starts` whose reward is `bonus * u / u0 + reward_weight * r`, with `u0` the
+    signal's mean under random actions (so the bonus is about 1 whatever the signal's units;
+    SAC's entropy term drowns a raw signal of 0.02). Act with it in the real environment
+    through `agents.pipeline.make_actor_agent`."""
     torch.manual_seed(seed)
-    frames, actions = starts.draw(1, np.random.default_rng(seed))
-    with torch.no_grad():
-        obs_dim = model.start(frames, actions, task=starts.task).features.shape[-1]
+    rng = np.random.default_rng(seed)
+    u0, obs_dim = random_signal(model, starts, signal, rollout_batch, horizon, rng)
     learner = Learner(algo, obs_dim, starts.action_dim, gamma=0.95)
     empty = Transitions(*(np.zeros((1, d), np.float32) for d in (obs_dim, starts.action_dim)),
                         np.zeros(1, np.float32), np.zeros((1, obs_dim), np.float32), np.zeros(1, np.float32))
     cfg = MOPOConfig(steps=steps, batch=256, rollout_every=max(1, steps // 20), rollout_batch=rollout_batch,
                      horizon=horizon, keep_rounds=5, real_ratio=0.0, eval_every=steps, seed=seed)
-    mopo(model, learner, empty, starts, cfg, penalty=signal, bonus=bonus, reward_weight=reward_weight,
+    mopo(model, learner, empty, starts, cfg, penalty=signal, bonus=bonus / u0, reward_weight=reward_weight,
          progress=progress)
     return learner
+
+
+@torch.no_grad()
+def random_signal(model: Simulator, starts: StartWindows, signal: Signal, n: int, horizon: int,
+                  rng: np.random.Generator) -> tuple[float, int]:
+    """The mean of `signal` over `n` imagined rollouts of uniform random actions from `starts`,
+    and the model's feature size."""
+    frames, actions = starts.draw(n, rng)
+    generator = torch.Generator(device=getattr(model, "device", torch.device("cpu"))).manual_seed(int(rng.integers(2**31)))
+    state = model.start(frames, actions, task=starts.task, seeds=signal.seeds, generator=generator)
+    values = []
+    for _ in range(horizon):
+        a = torch.as_tensor(rng.uniform(-1, 1, (n, starts.action_dim)), dtype=torch.float32, device=state.features.device)
+        state, out = model.step(state, a, signals=signal.signals)
+        values.append(signal(out).float().mean().item())
+    u0 = float(np.mean(values))
+    if not u0 > 0:
+        raise ValueError(f"the signal's mean under random actions is {u0:.3g}: nothing to normalise the bonus by")
+    return u0, state.features.shape[-1]
 
 
 def collect_curious(task: str, checkpoint: str | Path, store, episodes: int, *, signal: str = DEFAULT_SIGNAL,

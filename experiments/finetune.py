@@ -1,7 +1,7 @@
 """Finetuning on unseen tasks, by data-collection behaviour (the hallucination paper, Table 2,
 at toy scale).
 
-    python experiments/finetune.py                                  # seen reach+maze, unseen push
+    python experiments/finetune.py                                  # seen reach+push, unseen pong
     python experiments/finetune.py "unseen=[toy-push,toy-pong]" episodes=50 eval_episodes=10
 
 1. Pretrain a world model on the seen tasks (mixed behaviours).
