@@ -61,9 +61,33 @@ class ToyEnv(TaskEnv):
         img[(self._gx >= lo[0]) & (self._gx <= hi[0]) & (self._gy >= lo[1]) & (self._gy <= hi[1])] = colour
 
 
-class ToyReachEnv(ToyEnv):
+class PointGoalEnv(ToyEnv):
+    """A point mass at `pos` and a goal at `goal`: the state `[x, y, goal_x, goal_y]`."""
+
+    def __init__(self, spec: TaskSpec, obs: str = "pixels", size: int = 64, seed: int = 0):
+        self.pos, self.goal = np.zeros(2, np.float32), np.zeros(2, np.float32)
+        super().__init__(spec, obs, size, seed)
+
+    @property
+    def state_dim(self) -> int:
+        return 4
+
+    def state_names(self) -> list[str]:
+        return ["x", "y", "goal_x", "goal_y"]
+
+    def _get_sim(self) -> np.ndarray:
+        return np.concatenate([self.pos, self.goal])
+
+    def _set_sim(self, sim: np.ndarray) -> None:
+        self.pos, self.goal = sim[:2].copy(), sim[2:].copy()
+
+    def _state(self) -> np.ndarray:
+        return np.concatenate([self.pos, self.goal]).astype(np.float32)
+
+
+class ToyReachEnv(PointGoalEnv):
     """Point-mass reaching with 2-D delta-position actions. Reward `1 - |pos - goal| / D`
-    (D the arena diagonal); `success` within `SUCCESS_RADIUS`. State `[x, y, goal_x, goal_y]`.
+    (D the arena diagonal); `success` within `SUCCESS_RADIUS`.
 
     Args:
         start_box, goal_box: ``(low, high)`` corners, each ``[2]``, of the regions the agent
@@ -76,16 +100,7 @@ class ToyReachEnv(ToyEnv):
     def __init__(self, spec: TaskSpec, obs: str = "pixels", size: int = 64, seed: int = 0,
                  start_box=((-0.8, -0.8), (0.8, 0.8)), goal_box=((-0.8, -0.8), (0.8, 0.8))):
         self.start_box, self.goal_box = _box(start_box, "start_box"), _box(goal_box, "goal_box")
-        self.pos = np.zeros(2, np.float32)
-        self.goal = np.zeros(2, np.float32)
         super().__init__(spec, obs, size, seed)
-
-    @property
-    def state_dim(self) -> int:
-        return 4
-
-    def state_names(self) -> list[str]:
-        return ["x", "y", "goal_x", "goal_y"]
 
     def _reset_sim(self, rng: np.random.Generator) -> None:
         self.pos = rng.uniform(*self.start_box).astype(np.float32)
@@ -95,15 +110,6 @@ class ToyReachEnv(ToyEnv):
         self.pos = np.clip(self.pos + STEP * action, -1.0, 1.0).astype(np.float32)
         dist = float(np.linalg.norm(self.pos - self.goal))
         return 1.0 - dist / _DIAGONAL, dist < SUCCESS_RADIUS
-
-    def _get_sim(self) -> np.ndarray:
-        return np.concatenate([self.pos, self.goal])
-
-    def _set_sim(self, sim: np.ndarray) -> None:
-        self.pos, self.goal = sim[:2].copy(), sim[2:].copy()
-
-    def _state(self) -> np.ndarray:
-        return np.concatenate([self.pos, self.goal]).astype(np.float32)
 
     def _render(self) -> np.ndarray:
         img = self._canvas.copy()
@@ -193,11 +199,10 @@ class ToyPongEnv(ToyEnv):
         return np.clip((state[1] - state[0]) / STEP, -1.0, 1.0)[None]
 
 
-class ToyMazeEnv(ToyEnv):
+class ToyMazeEnv(PointGoalEnv):
     """A point mass (2-D delta-position actions) reaches a goal in a fixed maze: walls block
     it (a move into a wall slides along it). Reward `1 - d / D` with `d` the goal's
-    shortest-path distance over the maze's 8 x 8 cells; `success` within `SUCCESS_RADIUS`.
-    State `[x, y, goal_x, goal_y]`."""
+    shortest-path distance over the maze's 8 x 8 cells; `success` within `SUCCESS_RADIUS`."""
 
     BACKGROUND = np.array([40, 30, 25], np.uint8)
     GRID = np.array([40, 30, 25], np.uint8)
@@ -215,7 +220,6 @@ class ToyMazeEnv(ToyEnv):
     CELL = 2 / 8
 
     def __init__(self, spec: TaskSpec, obs: str = "pixels", size: int = 64, seed: int = 0):
-        self.pos, self.goal = np.zeros(2, np.float32), np.zeros(2, np.float32)
         super().__init__(spec, obs, size, seed)
         self._walls = self._wall_mask(self._gx, self._gy)
 
@@ -259,13 +263,6 @@ class ToyMazeEnv(ToyEnv):
                     queue.append((nr, nc))
         return dist
 
-    @property
-    def state_dim(self) -> int:
-        return 4
-
-    def state_names(self) -> list[str]:
-        return ["x", "y", "goal_x", "goal_y"]
-
     def _reset_sim(self, rng: np.random.Generator) -> None:
         cells = self._free_cells()
         start, goal = rng.choice(len(cells), 2, replace=False)
@@ -280,15 +277,6 @@ class ToyMazeEnv(ToyEnv):
         d = self._distances(self._cell(self.goal)).get(self._cell(self.pos), 14) * self.CELL
         d = max(d, float(np.linalg.norm(self.pos - self.goal)))
         return 1.0 - min(d / (14 * self.CELL), 1.0), bool(np.linalg.norm(self.pos - self.goal) < SUCCESS_RADIUS)
-
-    def _get_sim(self) -> np.ndarray:
-        return np.concatenate([self.pos, self.goal])
-
-    def _set_sim(self, sim: np.ndarray) -> None:
-        self.pos, self.goal = sim[:2].copy(), sim[2:].copy()
-
-    def _state(self) -> np.ndarray:
-        return np.concatenate([self.pos, self.goal]).astype(np.float32)
 
     def _render(self) -> np.ndarray:
         img = self._canvas.copy()
