@@ -121,3 +121,35 @@ def test_graded_recipes_sit_between_random_and_expert():
             total.append(ret)
         returns[name] = np.mean(total)
     assert returns["random"] < returns["medium-replay"] < returns["medium"] < returns["expert"], returns
+
+
+def test_an_agent_mixes_with_other_behaviours_and_sees_every_frame(tmp_path):
+    # an agent behaviour (e.g. curiosity) acts from pixels: within a mix it must see every
+    # frame and every executed action, also those of the steps other behaviours acted on
+    from replay import EpisodeStore, collect
+
+    class CountingAgent:
+        made = []
+
+        def __init__(self, seed):
+            self.frames, self.acted = 0, 0
+            CountingAgent.made.append(self)
+
+        def reset(self, obs):
+            assert obs.shape == (3, 8, 8)
+            self.frames = 1
+
+        def observe(self, action, obs):
+            self.frames += 1
+
+        def act(self):
+            self.acted += 1
+            return np.full(2, 0.5, np.float32)
+
+    store = EpisodeStore(tmp_path)
+    collect("toy-reach", "mixed", store, 3, size=8, seed=0, progress=False, agents={"curiosity": CountingAgent})
+    episodes = [store.load(e) for e in store.episodes()]
+    assert [a.frames for a in CountingAgent.made] == [len(ep.frames) for ep in episodes]
+    assert 0 < sum(a.acted for a in CountingAgent.made) < sum(len(ep.actions) for ep in episodes)
+    with pytest.raises(ValueError, match="give checkpoint="):
+        make_behavior("curiosity", 2)
