@@ -77,11 +77,11 @@ def main() -> None:
     n_common = len(store.episodes(task=args.common))
     print(f"\n{args.common} {n_common} : {args.rare} {len(store.episodes(task=args.rare))} episodes, "
           f"dreamer4/tiny, seeds {args.seeds}; mean over seeds")
-    print(f"{'task':<12}{'weighting':<11}" + "".join(f"{c:>12}" for c in COLUMNS))
+    print(f"{'task':<12}{'weighting':<11}" + "".join(f"{c:>13}" for c in COLUMNS))
     for task in tasks:
         for weighting in ("frame", "task"):
             vals = [np.mean([results[(s, weighting)][0][task][c] for s in args.seeds]) for c in COLUMNS]
-            print(f"{task:<12}{weighting:<11}" + "".join(f"{v:>12.4f}" for v in vals))
+            print(f"{task:<12}{weighting:<11}" + "".join(f"{v:>13.4f}" for v in vals))
     rare = {w: [np.mean([results[(s, w)][0][args.rare][c] for s in args.seeds]) for c in SIGNALS]
             for w in ("frame", "task")}
     lower = [c for c, f, t in zip(SIGNALS, rare["frame"], rare["task"]) if t < f]
