@@ -19,13 +19,16 @@ import numpy as np
 import torch
 
 import envs
+import world_models
 from agents.learner import Learner
 from agents.mpc import MPCAgent
 from agents.offline import MOPOConfig, Transitions, mopo
 from planners import CEM, MPC
+from replay import EpisodeStore, collect
 from uncertainty import MotionStats
 from world_models import Simulator
 from world_models.imagined import Signal, StartWindows
+from world_models.training import TrainConfig, train, with_tasks
 
 DEFAULT_SIGNAL = "u_r/m"
 
@@ -79,7 +82,6 @@ class CuriosityAgent(MPCAgent):
             raise ValueError("curiosity plans in a world model: give checkpoint=<a trained model's checkpoint>")
         name, per_motion = split_signal(signal)
         if model is None:
-            import world_models
             model = world_models.load(checkpoint)
         if getattr(model, "name", "") == "ensemble":
             raise ValueError("curiosity acts from pixels: the state ensemble cannot drive it")
@@ -146,10 +148,6 @@ def collect_curious(task: str, checkpoint: str | Path, store, episodes: int, *, 
     paper's closed loop. Round r's model is saved in `<out>/round<r>/checkpoint`.
 
     Returns the `CollectSummary` of each round and the checkpoint the last round ended with."""
-    import world_models
-    from replay import EpisodeStore, collect
-    from world_models.training import TrainConfig, train, with_tasks
-
     if finetune_every < 0 or (finetune_every and out is None):
         raise ValueError("finetune_every must be >= 0, and finetuning needs an out folder")
     found = world_models.find_checkpoint(checkpoint) if checkpoint else None
