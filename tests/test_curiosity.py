@@ -68,8 +68,8 @@ def test_curiosity_explores_the_uncovered_half_and_finetuning_on_it_beats_random
     # curiosity 0.45 of its states in the right half and 32 of its 64 cells, random 0.13 and
     # 8. Held-out right-half rollout PSNR 19.32 dB before finetuning (200 + 200 steps on the
     # six episodes alone), 19.04 after on curiosity's, 18.25 after on random's. With this
-    # fixture at torch seed 0, curiosity reached 9-33 cells over three collection seeds
-    # (random 8-20): the margin depends on the model.
+    # fixture at torch seed 0, curiosity reached 33 and 9 cells over two collection seeds
+    # (random 8 and 20): the margin depends on the model.
     stores = {b: EpisodeStore(gap.root / b) for b in ("curiosity", "random")}
     summaries, finetuned = collect_curious("toy-reach", gap.checkpoint, stores["curiosity"], 6, signal="u_f/m",
                                            finetune_every=6, finetune_steps=FINETUNE, out=gap.root / "rounds",
