@@ -43,6 +43,18 @@ def split_signal(name: str) -> tuple[str, bool]:
     return base, suffix == "m"
 
 
+def task_motion(checkpoint: str | Path, task: str) -> MotionStats:
+    """The checkpoint's scene motion, with `task` in it: a task the model never saw gets the
+    mean over the tasks it knows (with a warning)."""
+    motion = MotionStats.load(checkpoint)
+    if task not in motion.per_task:
+        known = motion.per_task
+        warnings.warn(f"{checkpoint} has no scene motion for {task}: its signal is divided by the mean "
+                      f"over {sorted(known)}", RuntimeWarning, stacklevel=2)
+        motion = MotionStats({**known, task: float(np.mean(list(known.values())))})
+    return motion
+
+
 class CuriosityAgent(MPCAgent):
     """CEM-MPC in the world model that seeks a hallucination signal, executed closed-loop
     with replanning. A plan `[H, A]` scores `Σ_h γ^h (β u_h + w r_h)` (`MPCAgent` with a
@@ -85,12 +97,7 @@ class CuriosityAgent(MPCAgent):
             model = world_models.load(checkpoint)
         if getattr(model, "name", "") == "ensemble":
             raise ValueError("curiosity acts from pixels: the state ensemble cannot drive it")
-        motion = MotionStats.load(checkpoint) if per_motion else None
-        if motion is not None and task not in motion.per_task:  # a task the model never saw
-            known = motion.per_task
-            warnings.warn(f"{checkpoint} has no scene motion for {task}: its signal is divided by the mean "
-                          f"over {sorted(known)}", RuntimeWarning, stacklevel=2)
-            motion = MotionStats({**known, task: float(np.mean(list(known.values())))})
+        motion = task_motion(checkpoint, task) if per_motion else None
         cem = CEM(envs.task_spec(task).action_dim, horizon, population=population, elites=elites, iterations=iterations,
                   init_std=init_std, noise_beta=1.0, select=select, seed=seed)
         return cls(model, MPC(cem, replan_every=replan_every), task, signal=name, motion=motion,

@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
                                           finetune_steps=OmegaConf.to_container(cfg.finetune_steps), out=out,
                                           seed=cfg.seed, planner=OmegaConf.to_container(cfg.planner), **common)
         for k, summary in enumerate(summaries, 1):
-            print(f"round {k}: " + summary.table() if len(summaries) > 1 else summary.table())
+            print((f"round {k}: " if len(summaries) > 1 else "") + summary.table())
         if cfg.finetune_every:
             print(f"finetuned model: {last}")
     else:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 import world_models
 from agents import MPCAgent, ObservationPolicyAgent, RandomAgent
-from agents.curiosity import CuriosityAgent, split_signal, state_coverage, train_explorer
+from agents.curiosity import collect_curious, split_signal, state_coverage, task_motion, train_explorer
 from agents.evaluate import run_episode
 from agents.pipeline import make_actor_agent, trained, write_json
 from planners import CEM, MPC
@@ -76,15 +76,13 @@ def collect_behavior(cfg: DictConfig, behavior: str, task: str, base: Path, stor
     if behavior in ("noop", "random", "expert"):
         collect(task, behavior, store, cfg.episodes, **common)
         return {"collect_s": time.perf_counter() - t0}
-    model = with_tasks(world_models.load(base), [task]).eval()
     if behavior == "curiosity":
-        def make(agent_seed: int) -> CuriosityAgent:
-            return CuriosityAgent.from_checkpoint(base, task, signal=cfg.signal, model=model, seed=agent_seed,
-                                                  **OmegaConf.to_container(cfg.planner))
-        collect(task, behavior, store, cfg.episodes, agents={behavior: make}, **common)
+        collect_curious(task, base, store, cfg.episodes, signal=cfg.signal, planner=OmegaConf.to_container(cfg.planner),
+                        **common)
         return {"collect_s": time.perf_counter() - t0}
+    model = with_tasks(world_models.load(base), [task]).eval()
     name, per_motion = split_signal(cfg.signal)
-    motion = CuriosityAgent.from_checkpoint(base, task, signal=cfg.signal, model=model).motion if per_motion else None
+    motion = task_motion(base, task) if per_motion else None
     starts = StartWindows(frames=first_frames(task, cfg.size, 32, seed), task=task)
     explorer = train_explorer(model, starts, StepSignal(name, model, motion=motion, task=task),
                               steps=cfg.explorer_steps, horizon=cfg.planner.horizon, seed=cfg.seed,

@@ -11,7 +11,8 @@ its task embedding grows a row), for the phases in `phases` (default all) and th
 
     python experiments/train.py world_model=dreamer4 task=toy-pong init=runs/train/.../checkpoint \
         "phases=[dynamics]" +steps.dynamics=300 out=runs/finetune/toy-pong
- Ends with held-out metrics: recon PSNR,
+
+Ends with held-out metrics: recon PSNR,
 8-step rollout PSNR gain over repeating the last frame, the action-shuffle ratio and,
 where episodes recorded states, what full-frame PSNR hides — foreground PSNR, the state
 probe's R² and the reward error, for the start phase and the rest (also in TensorBoard).
