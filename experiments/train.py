@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 import world_models
 from agents.pipeline import world_model_report, write_json
 from replay import EpisodeStore
+from world_models import distributed
 from world_models.checkpoint import find_checkpoint, hold_lock, read_config, save_checkpoint
 from world_models.training import TrainConfig, split_episodes, train, train_member, with_tasks
 
@@ -88,6 +89,8 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.world_model == "ensemble":
+        if distributed.setup(device).world > 1:
+            raise ValueError("world_model=ensemble trains in one process; run it without torchrun")
         if cfg.init:
             raise ValueError("init= finetunes a pixel world model (dreamer4, whale), not the state ensemble")
         out = Path(cfg.out or f"runs/train/ensemble-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
@@ -105,27 +108,30 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out or f"runs/{kind}/{cfg.world_model}-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
     store = EpisodeStore(cfg.store)
     train_eps, held_eps = split_episodes(store, tasks, cfg.holdout, cfg.seed)
-    print(f"{cfg.world_model}/{cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+    master = distributed.setup(device).master
+    say = print if master else lambda *_: None
+    say(f"{cfg.world_model}/{cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{len(train_eps)} train / {len(held_eps)} held-out episodes, phases "
           + ", ".join(f"{p} {steps[p]} steps" for p in phases) + (f" from {cfg.init}" if cfg.init else "")
           + f" -> {out}")
     train_cfg = TrainConfig(steps=steps, batch=mc.batch, seq_len=mc.seq_len, lr=mc.lr, weight_decay=mc.weight_decay,
-                            weighting=cfg.weighting, seed=cfg.seed, progress=cfg.progress)
+                            weighting=cfg.weighting, ckpt_every=cfg.ckpt_every, seed=cfg.seed, progress=cfg.progress)
     metrics = train(model, store, train_eps, out, train_cfg)
-    results = world_model_report(model, store, train_eps, held_eps, tasks, cfg.seed, batch=cfg.eval_batch, out=out)
-    log_scalars(out, results)
-    print(f"{'phase time':<40}" + "  ".join(f"{p} {metrics.get(f'{p}/seconds', 0) / 60:.1f} min" for p in model.phases))
-    for k, v in results.items():
-        print(f"{k:<40}{v:8.3f}")
-    write_json(out / "quality.json", results)
-    print(f"checkpoint: {out / 'checkpoint'}")
+    say(f"{'phase time':<40}" + "  ".join(f"{p} {metrics.get(f'{p}/seconds', 0) / 60:.1f} min" for p in model.phases))
+    if master:
+        results = world_model_report(model, store, train_eps, held_eps, tasks, cfg.seed, batch=cfg.eval_batch, out=out)
+        log_scalars(out, results)
+        for k, v in results.items():
+            print(f"{k:<40}{v:8.3f}")
+        write_json(out / "quality.json", results)
+    say(f"checkpoint: {out / 'checkpoint'}")
     if cfg.ensemble:
         members = []
         for k in range(1, cfg.ensemble + 1):
-            print(f"ensemble member {k}/{cfg.ensemble}: a new {model.phases[-1]} on this model's earlier phases")
+            say(f"ensemble member {k}/{cfg.ensemble}: a new {model.phases[-1]} on this model's earlier phases")
             train_member(model, cfg.seed + k, store, train_eps, out / f"member{k}", train_cfg)
             members.append(str(out / f"member{k}" / "checkpoint"))
-        print(f"ensemble baseline: python experiments/hallucination.py checkpoint={out / 'checkpoint'} "
+        say(f"ensemble baseline: python experiments/hallucination.py checkpoint={out / 'checkpoint'} "
               f"task={tasks[0]} \"ensemble=[{','.join(members)}]\"")
 
 

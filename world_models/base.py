@@ -284,8 +284,10 @@ class WorldModel(Simulator, nn.Module):
         """latents `[B, T, ...]` -> frames `[B, T, 3, H, W]` float in [0, 1]."""
 
     @abstractmethod
-    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
-        """Scalar loss of one training phase on a batch from `EpisodeStore.sample`, and metrics."""
+    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss of one training phase on a batch from `EpisodeStore.sample`, and
+        metrics as detached scalar tensors (the trainer reads them only when it logs, so a
+        step costs no device sync)."""
 
     @abstractmethod
     def prediction_error(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from world_models import distributed
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain and no bias."""
@@ -108,7 +110,8 @@ def unpatchify(patches: Tensor, patch: int, size: int) -> Tensor:
 class RunningRMS(nn.Module):
     """Divides a loss by the running RMS of its own values (Dreamer 4's loss normalisation).
 
-    The statistic is a buffer, so it is saved in checkpoints and restored on resume. The
+    The statistic is a buffer, so it is saved in checkpoints and restored on resume; under
+    data-parallel training it averages the loss over the ranks, so it stays identical. The
     divisor never drops below `floor`: a loss that starts at (near) zero, like the shortcut
     bootstrap term of a zero-initialised head, would otherwise be amplified without bound.
     """
@@ -123,9 +126,34 @@ class RunningRMS(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.count += 1
-                self.mean_sq.lerp_(loss.detach().float() ** 2, 1 - self.decay)
+                self.mean_sq.lerp_(distributed.mean(loss.detach().float() ** 2), 1 - self.decay)
         corrected = self.mean_sq / (1 - self.decay ** self.count.clamp(min=1))
         return loss / corrected.sqrt().clamp(min=self.floor)
+
+
+def track_host_count(module: nn.Module, name: str) -> None:
+    """Mirror the integer buffer `name` of `module` as a Python int (`host_count`), so that
+    branching on it every training step costs no device sync. Loading a state dict
+    refreshes the mirror."""
+    def forget(m: nn.Module, _) -> None:
+        m.__dict__.pop(f"_host_{name}", None)
+
+    module.register_load_state_dict_post_hook(forget)
+
+
+def host_count(module: nn.Module, name: str) -> int:
+    """The value of a buffer registered with `track_host_count` (read from the device once)."""
+    key = f"_host_{name}"
+    if key not in module.__dict__:
+        module.__dict__[key] = int(getattr(module, name))
+    return module.__dict__[key]
+
+
+def increment(module: nn.Module, name: str) -> None:
+    """Add one to a buffer registered with `track_host_count`, and to its mirror."""
+    n = host_count(module, name)
+    getattr(module, name).add_(1)
+    module.__dict__[f"_host_{name}"] = n + 1
 
 
 KV = tuple[Tensor, Tensor]

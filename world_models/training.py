@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
+from torch import nn
 from tqdm.auto import tqdm
 
 from envs import TASKS
 from replay import EpisodeInfo, EpisodeStore
+from world_models import distributed
 from world_models.base import WorldModel
 from world_models.checkpoint import find_checkpoint, hold_lock, load_trainer_state, load_weights, save_checkpoint
 
@@ -66,12 +68,97 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
     `episodes` is one list for every phase, or a list per phase name (for example a
     tokenizer trained on more of the world than the dynamics).
     Returns the last step's metrics and `<phase>/seconds` of the phases run now. Writes TensorBoard events to `out_dir/tb`.
+
+    Under `torchrun` each rank trains a DistributedDataParallel copy on its own batches
+    (the effective batch is `world_size * cfg.batch`), and rank 0 alone logs and checkpoints;
+    `out_dir` and the store must be visible to every rank.
     """
     per_phase = episodes if isinstance(episodes, dict) else {phase: episodes for phase in model.phases}
     if set(per_phase) != set(model.phases) or not all(per_phase.values()):
         raise ValueError(f"episodes must be one non-empty list, or a non-empty list for each phase of {model.phases}")
+    check_frame_size(model, store, per_phase.values())
+    from torch.utils.tensorboard import SummaryWriter
+
+    rank = distributed.setup(model.device)
+    if model.device.type == "cuda" and rank.world > 1:
+        model.to(torch.device("cuda", rank.local_rank))
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    if rank.master:
+        hold_lock(out_dir)
+    distributed.barrier()
+    state = {"phase": 0, "step": 0}
+    found = find_checkpoint(ckpt_dir)
+    if found is not None:
+        load_weights(model, found)
+        state = load_trainer_state(found) or {"phase": len(model.phases), "step": 0}
+        if rank.master:
+            print(f"resuming from {found}: phase {state['phase']}, step {state['step']}")
+    writer = SummaryWriter(str(out_dir / "tb")) if rank.master else None
+    seed = [cfg.seed, state["phase"], state["step"]] + ([rank.rank] if rank.world > 1 else [])
+    rng = np.random.default_rng(seed)
+    if rank.world > 1:  # the same weights everywhere (DDP broadcasts them), but each rank's own noise
+        torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    metrics: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for p in range(state["phase"], len(model.phases)):
+        phase = model.phases[p]
+        start = state["step"] if p == state["phase"] else 0
+        t0 = time.perf_counter()
+        if start < cfg.steps.get(phase, 0):
+            metrics = train_phase(model, p, start, state.get("optimizer") if start else None, store,
+                                  per_phase[phase], cfg, rank, rng, writer, ckpt_dir)
+        seconds[f"{phase}/seconds"] = time.perf_counter() - t0
+        if rank.master:
+            last = p == len(model.phases) - 1
+            motion = scene_motion(model, store, per_phase[model.phases[0]], seed=cfg.seed) if last else None
+            save_checkpoint(ckpt_dir, model, {"phase": p + 1, "step": 0}, scene_motion=motion)
+        distributed.barrier()
+    if writer:
+        writer.close()
+    model.eval()
+    return {**metrics, **seconds}
+
+
+def train_phase(model: WorldModel, p: int, start: int, optimizer_state: dict | None, store: EpisodeStore,
+                episodes: list[EpisodeInfo], cfg: TrainConfig, rank: distributed.Rank, rng: np.random.Generator,
+                writer, ckpt_dir: Path) -> dict[str, float]:
+    """Steps `start` to `cfg.steps[phase]` of phase `p`, checkpointing every `cfg.ckpt_every`;
+    returns the last step's metrics. `writer` is rank 0's TensorBoard writer (None elsewhere)."""
+    phase = model.phases[p]
+    total = cfg.steps[phase]
+    windows = getattr(model.cfg, "phase_batches", {}).get(phase, (cfg.batch, cfg.seq_len))
+    with phase_step(model, phase, cfg, rank) as step_fn:
+        if optimizer_state is not None:
+            step_fn.opt.load_state_dict(optimizer_state)
+        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{model.name}/{phase}",
+                   disable=not (cfg.progress and rank.master))
+        for step in bar:
+            batch = store.sample(*windows, cfg.weighting, episodes=episodes, rng=rng)
+            step_fn(batch, step)
+            done = step + 1
+            log, ckpt = done % cfg.log_every == 0 or done == total, done % cfg.ckpt_every == 0 and done < total
+            if log or ckpt:
+                metrics = step_fn.synced_metrics(ckpt_dir)  # raises on a non-finite step: nothing saved after it
+            if writer and log:
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, done)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()})
+            if writer and (done % cfg.image_every == 0 or done == total):
+                writer.add_image(f"{phase}/real_over_model", image_grid(model, batch, phase), done)
+            if ckpt:
+                if rank.master:
+                    save_checkpoint(ckpt_dir, model, {"phase": p, "step": done, "optimizer": step_fn.opt.state_dict()})
+                    model.train()
+                distributed.barrier()
+        bar.close()
+    return metrics
+
+
+def check_frame_size(model: WorldModel, store: EpisodeStore, episode_lists) -> None:
+    """Refuse episodes whose frames are not the model's size, naming both."""
     size = model.cfg.image_size
-    for eps in per_phase.values():
+    for eps in episode_lists:
         first = next((ep for ep in map(store.load, eps) if ep is not None), None)
         if first is None:
             raise ValueError(f"no readable episode among the {len(eps)} given in {store.root}")
@@ -79,69 +166,83 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
         if (h, w) != (size, size):
             raise ValueError(f"{first.task} episodes in {store.root} are {h}x{w} px; this {model.name} model "
                              f"takes {size}x{size} (collect with size={size})")
-    from torch.utils.tensorboard import SummaryWriter
 
-    out_dir = Path(out_dir)
-    hold_lock(out_dir)
-    ckpt_dir = out_dir / "checkpoint"
-    device = model.device
-    state = {"phase": 0, "step": 0}
-    found = find_checkpoint(ckpt_dir)
-    if found is not None:
-        load_weights(model, found)
-        state = load_trainer_state(found) or {"phase": len(model.phases), "step": 0}
-        print(f"resuming from {found}: phase {state['phase']}, step {state['step']}")
-    writer = SummaryWriter(str(out_dir / "tb"))
-    rng = np.random.default_rng([cfg.seed, state["phase"], state["step"]])
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
-    metrics: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    for p in range(state["phase"], len(model.phases)):
-        phase, total = model.phases[p], cfg.steps.get(model.phases[p], 0)
-        params = list(model.phase_parameters(phase))
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        start = state["step"] if p == state["phase"] else 0
-        if start and "optimizer" in state:
-            opt.load_state_dict(state["optimizer"])
+
+class PhaseLoss(nn.Module):
+    """One phase's loss as a module's `forward`, so that DistributedDataParallel's gradient
+    hooks see it: `forward(batch) -> (loss, metrics)`."""
+
+    def __init__(self, model: WorldModel, phase: str):
+        super().__init__()
+        self.model, self.phase = model, phase
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model.loss(batch, self.phase)
+
+
+class PhaseStep:
+    """One optimiser step of one phase: `step_fn(batch, step)`. Metrics and the finiteness
+    of the loss and gradient norm stay on the device until `synced_metrics`."""
+
+    def __init__(self, model: WorldModel, phase: str, cfg: TrainConfig, rank: distributed.Rank):
+        self.model, self.phase = model, phase
+        self.params = list(model.phase_parameters(phase))
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loss_fn = PhaseLoss(model, phase)
+        if rank.world > 1:
+            device_ids = [rank.local_rank] if model.device.type == "cuda" else None
+            loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=device_ids,
+                                                                forward_sync_buffers=False)
+        self.loss_fn = loss_fn
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.metrics: dict[str, torch.Tensor] = {}
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=model.device)
+
+    def __call__(self, batch: dict[str, torch.Tensor], step: int) -> None:
+        with self.autocast:
+            loss, metrics = self.loss_fn(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step + 1, self.first_bad)  # 1-based
+        self.opt.step()
+        self.metrics = {**metrics, f"{self.phase}/loss": loss.detach(), f"{self.phase}/grad_norm": grad_norm}
+
+    def synced_metrics(self, ckpt_dir: Path) -> dict[str, float]:
+        """The last step's metrics, averaged over the ranks, as floats (one device sync).
+        Raises `FloatingPointError` on every rank if any step of the phase so far had a
+        non-finite loss or gradient norm on any rank: nothing after it is checkpointed."""
+        first_bad = distributed.smallest(torch.where(self.first_bad < 0, NEVER, self.first_bad))
+        names = sorted(self.metrics)
+        values = distributed.mean(torch.stack([self.metrics[k].float() for k in names]))
+        first_bad, values = int(first_bad), values.tolist()
+        if first_bad != NEVER:
+            raise FloatingPointError(
+                f"{self.model.name}/{self.phase} step {first_bad}: non-finite loss or gradient norm; stopped "
+                f"without saving (last good checkpoint: {find_checkpoint(ckpt_dir) or 'none yet'})")
+        return dict(zip(names, values))
+
+
+NEVER = 2 ** 62  # the step of the first non-finite loss, while there is none
+
+
+@contextlib.contextmanager
+def phase_step(model: WorldModel, phase: str, cfg: TrainConfig, rank: distributed.Rank):
+    """A `PhaseStep` with only `phase`'s parameters requiring gradients (so DDP wraps only
+    them); the others are restored on exit."""
+    trains = {p: p.requires_grad for p in model.parameters()}
+    for p in trains:
+        p.requires_grad_(False)
+    try:
+        for p in model.phase_parameters(phase):
+            p.requires_grad_(trains[p])
         model.train()
-        windows = getattr(model.cfg, "phase_batches", {}).get(phase, (cfg.batch, cfg.seq_len))
-        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{model.name}/{phase}",
-                   disable=not cfg.progress)
-        t0 = time.perf_counter()
-        for step in bar:
-            batch = store.sample(*windows, cfg.weighting, episodes=per_phase[phase], rng=rng)
-            with autocast:
-                loss, metrics = model.loss(batch, phase)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if not (torch.isfinite(loss) & torch.isfinite(grad_norm)):
-                raise FloatingPointError(
-                    f"{model.name}/{phase} step {step + 1}: non-finite loss {loss.item():.4g} or gradient norm "
-                    f"{grad_norm.item():.4g}; stopped without saving (last good checkpoint: "
-                    f"{find_checkpoint(ckpt_dir) or 'none yet'})")
-            opt.step()
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total:
-                for k, v in metrics.items():
-                    writer.add_scalar(k, v, done)
-                writer.add_scalar(f"{phase}/loss", loss.item(), done)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()})
-            if done % cfg.image_every == 0 or done == total:
-                writer.add_image(f"{phase}/real_over_model", image_grid(model, batch, phase), done)
-            if done % cfg.ckpt_every == 0 and done < total:
-                save_checkpoint(ckpt_dir, model, {"phase": p, "step": done, "optimizer": opt.state_dict()})
-                model.train()
-        bar.close()
-        seconds[f"{phase}/seconds"] = time.perf_counter() - t0
-        last = p == len(model.phases) - 1
-        motion = scene_motion(model, store, per_phase[model.phases[0]], seed=cfg.seed) if last else None
-        save_checkpoint(ckpt_dir, model, {"phase": p + 1, "step": 0}, scene_motion=motion)
-        model.train()
-    writer.close()
-    model.eval()
-    return {**metrics, **seconds}
+        yield PhaseStep(model, phase, cfg, rank)
+    finally:
+        for p, flag in trains.items():
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()
@@ -229,7 +330,8 @@ def train_member(base: WorldModel, seed: int, store: EpisodeStore, episodes: lis
     Returns the trained member."""
     ckpt = Path(out_dir) / "checkpoint"
     member = ensemble_member(base, seed)
-    if find_checkpoint(ckpt) is None:
+    if distributed.setup(member.device).master and find_checkpoint(ckpt) is None:
         save_checkpoint(ckpt, member, {"phase": len(member.phases) - 1, "step": 0})
+    distributed.barrier()
     train(member, store, episodes, out_dir, replace(cfg, seed=seed))
     return member

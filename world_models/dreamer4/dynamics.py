@@ -16,6 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from world_models import distributed
 from world_models.blocks import KV, RMSNorm, SpaceTimeStack, TwoHot
 from world_models.dreamer4.config import Dreamer4Config
 
@@ -102,22 +103,20 @@ class Dynamics(nn.Module):
     @torch.no_grad()
     def fit_latent_stats(self, latents: Tensor, max_batches: int = 50) -> None:
         """Accumulate the exact mean and second moment of tokenizer latents
-        `[..., n_latents, d_bottleneck]` over the first `max_batches` calls, then freeze.
+        `[..., n_latents, d_bottleneck]` over the first `max_batches` calls (of every rank's
+        batch), then freeze.
 
         The tanh latents are small next to the unit flow noise (on toy-reach: RMS step
         change 0.14, per-dimension spread 0.41, offsets up to 0.6); standardising them
         lifts the motion above the noise. Measured on toy-reach, tiny, 800 dynamics steps:
         8-step rollout PSNR gain -3.8 dB without, -2.9 dB with.
         """
-        if self.stat_batches >= max_batches:
-            return
         x = rearrange(latents, "... (s k) d -> (...) s (k d)", k=self.cfg.pack).float()
-        self.stat_batches += 1
-        if self.stat_batches == 1:
-            self.latent_mean.zero_(), self.latent_sq.zero_()
-        w = 1 / self.stat_batches.item()
-        self.latent_mean.lerp_(x.mean(0), w)
-        self.latent_sq.lerp_(x.pow(2).mean(0), w)
+        fitting = self.stat_batches < max_batches
+        self.stat_batches += fitting.long()
+        w = torch.where(fitting, self.stat_batches.float().reciprocal(), 0.0)  # 1 on the first call: replace
+        self.latent_mean.lerp_(distributed.mean(x.mean(0)), w)
+        self.latent_sq.lerp_(distributed.mean(x.pow(2).mean(0)), w)
 
     def _scale(self) -> Tensor:
         return (self.latent_sq - self.latent_mean.pow(2)).clamp(min=1e-4).sqrt()

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from envs import task_spec
 from world_models.base import SimState, Step, WorldModel, previous_actions, to_float_frames
-from world_models.blocks import RolloutWindow, RunningRMS
+from world_models.blocks import RolloutWindow, RunningRMS, host_count, increment, track_host_count
 from world_models.dreamer4.config import Dreamer4Config
 from world_models.dreamer4.dynamics import Dynamics, flow_weight, reward_loss, two_stream_mask
 from world_models.dreamer4.tokenizer import Tokenizer
@@ -30,6 +30,7 @@ class Dreamer4(WorldModel):
         self.dynamics = Dynamics(cfg, num_tasks=len(self.tasks))
         self.dyn_rms = nn.ModuleDict({k: RunningRMS() for k in ("flow", "bootstrap", "reward", "bc")})
         self.register_buffer("dyn_step", torch.zeros((), dtype=torch.long))
+        track_host_count(self, "dyn_step")
 
     @property
     def has_policy(self) -> bool:
@@ -63,7 +64,7 @@ class Dreamer4(WorldModel):
             return self.dynamics.parameters()
         raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")
 
-    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, Tensor]]:
         frames = to_float_frames(batch["frames"].to(self.device))
         if phase == "tokenizer":
             frames = frames[:, :1] if self.cfg.tok_batch else frames  # one frame per window: more windows, no twins
@@ -84,7 +85,7 @@ class Dreamer4(WorldModel):
             l_heads, m_heads = self._heads_loss(*context, batch)
             loss, metrics = loss + l_heads, {**metrics, **m_heads}
         if self.training:
-            self.dyn_step += 1
+            increment(self, "dyn_step")
         return loss, metrics
 
     @torch.no_grad()
@@ -115,7 +116,7 @@ class Dreamer4(WorldModel):
         actions = batch["actions"].to(self.device)
         return previous_actions(actions, batch["action_mask"].to(self.device), actions.shape[1] + 1)
 
-    def _flow_loss(self, x, prev, prev_mask, task) -> tuple[Tensor, dict[str, float], tuple[Tensor, slice] | None]:
+    def _flow_loss(self, x, prev, prev_mask, task) -> tuple[Tensor, dict[str, Tensor], tuple[Tensor, slice] | None]:
         """Shortcut flow matching: empirical rows at the finest step, bootstrap rows at
         coarser steps whose target is two half steps of the model itself (stop-gradient).
         Also returns the context-stream output tokens `[b, T, N, C]` of the two-stream rows
@@ -123,7 +124,7 @@ class Dreamer4(WorldModel):
         cfg, dyn = self.cfg, self.dynamics
         B, T = x.shape[:2]
         e_max = int(math.log2(cfg.k_max))
-        n_boot = round(cfg.self_consistency * B) if self.dyn_step >= cfg.bootstrap_start and e_max > 0 else 0
+        n_boot = round(cfg.self_consistency * B) if host_count(self, "dyn_step") >= cfg.bootstrap_start and e_max > 0 else 0
         step = torch.full((B, T), e_max, device=x.device)
         if n_boot:
             step[:n_boot] = torch.randint(0, e_max, (n_boot, 1), device=x.device).expand(n_boot, T)
@@ -156,14 +157,14 @@ class Dreamer4(WorldModel):
         emp = mean(w * target * sq)
         # each branch is normalised by its own running RMS, then weighted by its share of rows
         loss = (1 - n_boot / B) * self.dyn_rms["flow"](emp)
-        metrics = {"dyn/flow_mse": mean(target * sq).item()}
+        metrics = {"dyn/flow_mse": mean(target * sq).detach()}
         if n_boot:
             sl = slice(0, n_boot)
             target_v = self._bootstrap_velocity(z[sl], tau_idx[sl], step[sl], prev[sl], prev_mask[sl], task[sl])
             v_hat = (x_hat[sl] - z[sl]) / (1 - tau[sl])
             boot = (w[sl] * (1 - tau[sl]).pow(2) * (v_hat - target_v).pow(2)).mean()
             loss = loss + n_boot / B * self.dyn_rms["bootstrap"](boot)
-            metrics["dyn/bootstrap"] = boot.item()
+            metrics["dyn/bootstrap"] = boot.detach()
         return loss, metrics, context
 
     def _two_stream_predict(self, x, z, tau_idx, step, prev, prev_mask, task) -> tuple[Tensor, Tensor]:
@@ -193,7 +194,7 @@ class Dreamer4(WorldModel):
         v2 = (x2 - z_mid) / (1 - tau - half)
         return (v1 + v2) / 2
 
-    def _heads_loss(self, h_context: Tensor, rows: slice, batch) -> tuple[Tensor, dict[str, float]]:
+    def _heads_loss(self, h_context: Tensor, rows: slice, batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Reward and BC losses on the context-stream tokens `[b, T, N, C]` of the two-stream
         `rows`: every frame at the sampling context noise level, i.e. what the heads see
         during imagination. Gradients reach the dynamics."""
@@ -203,11 +204,11 @@ class Dreamer4(WorldModel):
         if dyn.heads.reward is not None:
             rl = reward_loss(dyn.heads, pooled, batch["rewards"][rows].to(self.device))
             loss = loss + self.dyn_rms["reward"](rl)
-            metrics["dyn/reward_ce"] = rl.item()
+            metrics["dyn/reward_ce"] = rl.detach()
         if dyn.heads.policy is not None:
             bc = (dyn.heads.action(pooled[:, :-1]) - batch["actions"][rows].to(self.device)).pow(2).mean()
             loss = loss + self.dyn_rms["bc"](bc)
-            metrics["dyn/bc_mse"] = bc.item()
+            metrics["dyn/bc_mse"] = bc.detach()
         return loss, metrics
 
     # ---- imagination ----------------------------------------------------------------------

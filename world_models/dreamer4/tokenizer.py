@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from world_models import distributed
 from world_models.base import psnr_from_mse
 from world_models.perceptual import lpips_net
 from world_models.blocks import Block, RMSNorm, RunningRMS, patchify, unpatchify
@@ -70,9 +71,10 @@ class Tokenizer(nn.Module):
 
     @torch.no_grad()
     def _track_mean(self, frames: Tensor, decay: float = 0.99) -> None:
-        """Update the running mean frame (an exact mean over the first 100 batches, then an EMA)."""
+        """Update the running mean frame (an exact mean over the first 100 batches, then an
+        EMA), over every rank's batch."""
         self.frames_seen += 1
-        self.frame_mean.lerp_(frames.mean(0).float(), max(1 / self.frames_seen.item(), 1 - decay))
+        self.frame_mean.lerp_(distributed.mean(frames.mean(0).float()), self.frames_seen.reciprocal().clamp(min=1 - decay))
 
     def encode(self, frames: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """frames `[B, 3, H, W]` in [0, 1]; `patch_mask [B, n_patch]` True = replaced by the
@@ -105,7 +107,7 @@ class Tokenizer(nn.Module):
         ranks = torch.rand(batch, self.n_patch, generator=generator).argsort(1).argsort(1)
         return (ranks < n_mask).to(self.patch_pos.device)
 
-    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """MAE loss on frames `[B, 3, H, W]` in [0, 1]: pixel MSE (+ LPIPS when available) on
         the masked patches (or on all of them, `mae_loss="all"`), each term divided by its
         running RMS. With `fg_weight > 0` a pixel's error counts `1 + fg_weight` times where
@@ -122,10 +124,10 @@ class Tokenizer(nn.Module):
         mse = (err * mask).sum() / mask.sum() if self.cfg.mae_loss == "masked" else err.mean()
         total = self.mse_rms(mse)
         plain = (recon.detach() - frames).pow(2).mean()
-        metrics = {"tok/mse": plain.item(), "tok/psnr": psnr_from_mse(plain).item()}
+        metrics = {"tok/mse": plain, "tok/psnr": psnr_from_mse(plain)}
         lp = lpips_net(frames.device) if self.cfg.lpips_weight > 0 else None
         if lp is not None:
             lpips = lp(recon.clamp(0, 1) * 2 - 1, frames * 2 - 1).mean()
             total = total + self.cfg.lpips_weight * self.lpips_rms(lpips)
-            metrics["tok/lpips"] = lpips.item()
+            metrics["tok/lpips"] = lpips.detach()
         return total, metrics

@@ -110,7 +110,7 @@ class BehaviorModel(nn.Module):
         return torch.tanh(mean), lo + (hi - lo) * torch.sigmoid(raw)
 
     # ---- objective ---------------------------------------------------------------------------
-    def loss(self, frames: Tensor, actions: Tensor, action_mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, frames: Tensor, actions: Tensor, action_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 4 on a segment: frames `[B, L, 3, H, W]`, actions `[B, L-1, A]`, mask `[B, A]`."""
         B, L = frames.shape[:2]
         A = actions.shape[-1]
@@ -130,8 +130,8 @@ class BehaviorModel(nn.Module):
         p = categorical_probs(self.prior_logits(self.history(self.history_tokens(frames, prev, mask_prev))[0]))
         kl = categorical_kl(q[:, None], p).mean()
         loss = nll + self.cfg.kl_beta * kl
-        return loss, {"beh/action_nll": nll.item(), "beh/kl": kl.item(),
-                      "beh/action_mse": ((actions - mean).pow(2) * valid).sum(-1).mean().item()}
+        return loss, {"beh/action_nll": nll.detach(), "beh/kl": kl.detach(),
+                      "beh/action_mse": ((actions - mean.detach()).pow(2) * valid).sum(-1).mean()}
 
     @torch.no_grad()
     def embed(self, frames: Tensor, prev_actions: Tensor, prev_mask: Tensor) -> Tensor:

@@ -69,7 +69,7 @@ class Whale(WorldModel):
             raise ValueError(f"unknown phase {phase!r}; this whale model has {self.phases}")
         return parts[phase].parameters()
 
-    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, Tensor]]:
         frames = to_float_frames(batch["frames"].to(self.device))
         if phase == "tokenizer":
             return self.tokenizer.loss(rearrange(frames, "b t c h w -> (b t) c h w"))
@@ -80,12 +80,12 @@ class Whale(WorldModel):
             raise ValueError(f"unknown phase {phase!r}; this whale model has {self.phases}")
         logits, reward_logits, target = self._teacher_forced(batch)
         ce = F.cross_entropy(rearrange(logits.float(), "b t n k -> (b t n) k"), target.flatten())
-        metrics = {"dyn/token_ce": ce.item(), "dyn/token_acc": (logits.argmax(-1) == target).float().mean().item()}
+        metrics = {"dyn/token_ce": ce.detach(), "dyn/token_acc": (logits.detach().argmax(-1) == target).float().mean()}
         loss = ce
         if reward_logits is not None:
             rl = self.dynamics.twohot.loss(reward_logits, batch["rewards"].to(self.device))
             loss = loss + rl
-            metrics["dyn/reward_ce"] = rl.item()
+            metrics["dyn/reward_ce"] = rl.detach()
         return loss, metrics
 
     def _teacher_forced(self, batch) -> tuple[Tensor, Tensor | None, Tensor]:

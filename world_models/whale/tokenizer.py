@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from world_models import distributed
 from world_models.base import psnr_from_mse
-from world_models.blocks import Block, RMSNorm, patchify, unpatchify
+from world_models.blocks import Block, RMSNorm, host_count, increment, patchify, track_host_count, unpatchify
 from world_models.whale.config import WhaleConfig
 
 
@@ -49,29 +50,29 @@ class VectorQuantizer(nn.Module):
         e = self.lookup(codes)
         if self.training:
             with torch.no_grad():
-                self.usage += torch.bincount(codes.flatten(), minlength=len(self.usage)).float()
+                self.usage += distributed.total(torch.bincount(codes.flatten(), minlength=len(self.usage)).float())
         codebook_loss = (z_e.detach() - e).pow(2).mean()
         commitment = (z_e - e.detach()).pow(2).mean()
         return z_e + (e - z_e).detach(), codes, codebook_loss, commitment
 
     @torch.no_grad()
-    def restart_dead(self, z_e: Tensor) -> int:
-        """Move every code unused since the last call onto a random encoder output from
-        `z_e [..., D]`; returns how many were restarted."""
-        dead = (self.usage == 0).nonzero().flatten()
-        if len(dead):
-            flat = z_e.reshape(-1, z_e.shape[-1])
-            pick = torch.randint(0, len(flat), (len(dead),), device=flat.device)
-            self.codebook[dead] = flat[pick].to(self.codebook.dtype)
+    def restart_dead(self, z_e: Tensor) -> Tensor:
+        """Move every code unused (on any rank) since the last call onto a random encoder
+        output from rank 0's `z_e [..., D]`; returns how many were restarted (a tensor: no
+        device sync)."""
+        dead = self.usage == 0
+        flat = z_e.reshape(-1, z_e.shape[-1])
+        fresh = distributed.from_master(flat[torch.randint(0, len(flat), (len(dead),), device=flat.device)].contiguous())
+        self.codebook.copy_(torch.where(dead[:, None], fresh.to(self.codebook.dtype), self.codebook))
         self.usage.zero_()
-        return len(dead)
+        return dead.sum()
 
     @torch.no_grad()
-    def perplexity(self, codes: Tensor) -> float:
+    def perplexity(self, codes: Tensor) -> Tensor:
         """exp(entropy) of the code histogram of `codes`: the effective number of codes in use."""
         p = torch.bincount(codes.flatten(), minlength=len(self.usage)).float()
         p = p / p.sum()
-        return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()).item()
+        return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())
 
 
 def local_mask(side: int, window: int) -> Tensor | None:
@@ -112,6 +113,7 @@ class VQTokenizer(nn.Module):
         self.dec_norm = RMSNorm(d)
         self.patch_out = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, patch_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        track_host_count(self, "step")
         self.register_buffer("enc_mask", local_mask(cfg.image_size // cfg.patch, cfg.enc_window), persistent=False)
 
     def encode_continuous(self, frames: Tensor) -> Tensor:
@@ -132,7 +134,7 @@ class VQTokenizer(nn.Module):
             x = block(x)
         return unpatchify(self.patch_out(self.dec_norm(x)) * 0.5 + 0.5, self.cfg.patch, self.cfg.image_size)
 
-    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """VQ-VAE loss on frames `[B, 3, H, W]` in [0, 1] (a random `tok_batch` of them)."""
         if len(frames) > self.cfg.tok_batch:
             frames = frames[torch.randperm(len(frames), device=frames.device)[: self.cfg.tok_batch]]
@@ -141,10 +143,10 @@ class VQTokenizer(nn.Module):
         recon = self.decode(z_q)
         l1 = (recon - frames).abs().mean()
         loss = l1 + self.cfg.mse_weight * (recon - frames).pow(2).mean() + codebook_loss + self.cfg.commitment * commitment
-        metrics = {"tok/l1": l1.item(), "tok/psnr": psnr_from_mse(F.mse_loss(recon.clamp(0, 1), frames)).item(),
-                   "tok/commitment": commitment.item(), "tok/perplexity": self.vq.perplexity(codes)}
+        metrics = {"tok/l1": l1.detach(), "tok/psnr": psnr_from_mse(F.mse_loss(recon.detach().clamp(0, 1), frames)),
+                   "tok/commitment": commitment.detach(), "tok/perplexity": self.vq.perplexity(codes)}
         if self.training:
-            self.step += 1
-            if self.step % self.cfg.restart_every == 0:
-                metrics["tok/restarted_codes"] = float(self.vq.restart_dead(z_e.detach()))
+            increment(self, "step")
+            if host_count(self, "step") % self.cfg.restart_every == 0:
+                metrics["tok/restarted_codes"] = self.vq.restart_dead(z_e.detach())
         return loss, metrics
