@@ -65,11 +65,30 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = rope(q, pos), rope(k, pos)
-        new = (k, v)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(rearrange(y, "b h n d -> b n (h d)")), new
+        if past is None and torch.is_grad_enabled():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = small_attention(q, k, v, mask, past)
+        return self.out(rearrange(y, "b h n d -> b n (h d)")), (k, v)
+
+
+def small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, past: KV | None) -> Tensor:
+    """Attention of `q [B, H, N, D]` over the cached `past` keys/values `[B, H, P, D]` and
+    this call's `k, v [B, H, N, D]` without concatenating the cache (the scores are
+    concatenated instead, `[B, H, N, P + N]`), and with the softmax written out: for the
+    short rows of imagination (N = one step's tokens, P + N <= a window) PyTorch's CPU
+    softmax over a last dim of 9-13 was 2.3x slower. Measurements: `benchmarks/planner_speed.py`."""
+    scores = q @ k.transpose(-1, -2)
+    if past is not None:
+        scores = torch.cat([q @ past[0].transpose(-1, -2), scores], -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = (scores - scores.amax(-1, keepdim=True)).mul_(q.shape[-1] ** -0.5).exp_()
+    w = w / w.sum(-1, keepdim=True)
+    if past is None:
+        return w @ v
+    P = past[0].shape[2]
+    return w[..., :P] @ past[1] + w[..., P:] @ v
 
 
 class SwiGLU(nn.Module):
@@ -246,14 +265,16 @@ class RolloutWindow:
             raise ValueError(f"slide must be in [1, window={window}], got {slide}")
         self.tokens: Tensor | None = None
         self.kv: list[KV] | None = None
+        self.origin: tuple[RolloutWindow, Tensor] | None = None  # (window, rows) this one was selected from
+        self.restarts: dict[int, tuple[Tensor, list[KV]]] = {}  # memo of `_restarted`
 
     @property
     def length(self) -> int:
         return 0 if self.tokens is None else self.tokens.shape[1]
 
-    def _with(self, tokens: Tensor | None, kv: list[KV] | None) -> "RolloutWindow":
+    def _with(self, tokens: Tensor | None, kv: list[KV] | None, origin=None) -> "RolloutWindow":
         new = copy.copy(self)
-        new.tokens, new.kv = tokens, kv
+        new.tokens, new.kv, new.origin, new.restarts = tokens, kv, origin, {}
         return new
 
     def query(self, x: Tensor) -> Tensor:
@@ -276,20 +297,45 @@ class RolloutWindow:
                 kv = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(self.kv, kv)]
             return h, self._with(tokens, kv)
         keep = min(self.window, max(self.window - self.slide, x.shape[1]))
+        old = keep - x.shape[1]
+        if self.cached and old > 0:  # the kept past restarts (shared by rows selected alike), then x joins it
+            tokens, kv = self._restarted(old)
+            h, kv_x = self.stack(x, old, kv)
+            kv = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(kv, kv_x)]
+            return h, self._with(torch.cat([tokens, x], 1), kv)
         tokens = torch.cat([x] if self.tokens is None else [self.tokens, x], 1)[:, -keep:]
         if self.reset_first is not None:
             tokens = torch.cat([self.reset_first(tokens[:, :1]), tokens[:, 1:]], 1)
         h, kv = self.stack(tokens)
         return h[:, -min(x.shape[1], keep):], self._with(tokens, kv if self.cached else None)
 
+    def _restarted(self, n: int) -> tuple[Tensor, list[KV]]:
+        """The last `n` steps of the window as the start of a new one (`reset_first` on the
+        first) and their keys/values. Computed once per window, and on the rows a window was
+        selected from: every candidate plan branched from one state slides the same past."""
+        if n not in self.restarts:
+            if self.origin is not None:
+                parent, rows = self.origin
+                tokens, kv = parent._restarted(n)
+                self.restarts[n] = tokens[rows], select_kv(kv, len(tokens), rows)
+            else:
+                tokens = self.tokens[:, -n:]
+                if self.reset_first is not None:
+                    tokens = torch.cat([self.reset_first(tokens[:, :1]), tokens[:, 1:]], 1)
+                self.restarts[n] = tokens, self.stack(tokens)[1]
+        return self.restarts[n]
+
     def select(self, index: Tensor) -> "RolloutWindow":
         """The rows `index [R']` (picked or repeated) of the window."""
         if self.tokens is None:
             return self
-        rows = self.tokens.shape[0]
-        kv = None if self.kv is None else [
-            tuple(t.view(rows, -1, *t.shape[1:])[index].flatten(0, 1) for t in pair) for pair in self.kv]
-        return self._with(self.tokens[index], kv)
+        kv = None if self.kv is None else select_kv(self.kv, self.tokens.shape[0], index)
+        return self._with(self.tokens[index], kv, origin=(self, index))
+
+
+def select_kv(kv: list[KV], rows: int, index: Tensor) -> list[KV]:
+    """Rows `index [R']` of per-layer keys/values `[rows * N, H, P, D]`."""
+    return [tuple(t.view(rows, -1, *t.shape[1:])[index].flatten(0, 1) for t in pair) for pair in kv]
 
 
 def symlog(x: Tensor) -> Tensor:
