@@ -1,18 +1,22 @@
-"""Planner speed: milliseconds per planning decision at the default planner settings.
+"""Planner speed against its FLOP floor: milliseconds per planning decision at the
+`mpc.yaml` defaults, side by side in one run.
 
-    python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 6]
+    python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 8] [--compile]
                                        [--checkpoint runs/train/dreamer4-small/cup-catch/0/checkpoint]
                                        [--learner runs/offline/cup-catch/td3+bc/0/learner] [overrides ...]
 
 A planning decision is one CEM solve inside `MPCAgent.act` (every `replan_every` agent
-steps); the steps in between pop queued actions and are timed too. Both are measured side
-by side in one run for the `small` Dreamer-4 model (a trained checkpoint when given, else
-a freshly initialised one: the cost does not depend on the weights) and for the oracle
-(the true simulator replaying every candidate), each with the value-guided planner: a
-critic scores each plan's end and the actor seeds the plans (a fresh learner of the
-job's `algo` unless one is given). Settings come from
-`experiments/configs/mpc.yaml` (with any `key=value` overrides), so the figures are those
-of the default main job.
+steps): a `start` on the context, the prior's rollout, then `iterations` rollouts of the
+whole population. The FLOP floor is the model's FLOPs per imagined frame (one step of a
+population-wide rollout, counted by `torch.utils.flop_counter`) times the frames imagined
+per decision, divided by the rate of a 1024 x 1024 float32 matmul measured in the same
+run: the time the decision would take if every FLOP ran at matmul speed. Rows: the small
+Dreamer-4 (a trained checkpoint when given, else fresh weights: the cost does not depend
+on them), with `--compile` the same model with its transformer compiled
+(`world_models.compile_transformers`), and the oracle (the true simulator replaying every
+candidate). Each plans with the value-guided planner: a critic values each plan's end and
+the actor seeds the plans (a fresh learner of the job's `algo` unless one is given).
+Decisions of the rows are interleaved, so a drift in the machine's speed hits them alike.
 """
 import argparse
 import time
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 import envs
 import world_models
@@ -31,62 +36,130 @@ from world_models.oracle import Oracle
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml"
 
 
-def time_agent(agent, env, steps: int, seed: int) -> tuple[list[float], list[float]]:
-    """Seconds of each planning `act()` and of each queued one, over `steps` env steps."""
-    obs, _ = env.reset(seed=seed)
-    agent.reset(obs)
-    plan, queued = [], []
-    for _ in range(steps):
-        plans = agent.mpc.needs_plan
-        t0 = time.perf_counter()
-        action = agent.act()
-        (plan if plans else queued).append(time.perf_counter() - t0)
-        obs, *_ = env.step(action)
-        agent.observe(action, obs)
-    return plan, queued
+def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """GFLOP/s of an `n x n` float32 matmul on this machine, now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
+
+
+class Row:
+    """One planner on its own env, stepped a decision at a time."""
+
+    def __init__(self, name: str, agent, env, model):
+        self.name, self.agent, self.env, self.model = name, agent, env, model
+        self.seconds: list[float] = []
+        obs, _ = env.reset(seed=0)
+        agent.reset(obs)
+
+    def decide(self) -> float:
+        """Step until the agent plans, and time that `act()`."""
+        while True:
+            plans = self.agent.mpc.needs_plan
+            t0 = time.perf_counter()
+            action = self.agent.act()
+            dt = time.perf_counter() - t0
+            obs, *_ = self.env.step(action)
+            self.agent.observe(action, obs)
+            if plans:
+                return dt
+
+
+def frames_and_flops(row: Row) -> tuple[int, float, float]:
+    """Frames imagined in one decision, the model's FLOPs per imagined frame (a step of the
+    widest rollout of that decision, from a window that does not slide) and the FLOPs the
+    decision executed."""
+    model, rows = row.model, []
+    step = model.step
+
+    def counting(state, actions, **kw):
+        rows.append(len(actions))
+        return step(state, actions, **kw)
+
+    model.step = counting
+    with FlopCounterMode(display=False) as total:
+        row.decide()
+    del model.step
+    widest = max(rows)
+    state = row.agent.plan_start.select(torch.zeros(widest, dtype=torch.long))
+    actions = torch.zeros(widest, row.env.action_space.shape[0])
+    state, _ = model.step(state, actions)  # past any slide of a full window
+    with FlopCounterMode(display=False) as one:
+        model.step(state, actions)
+    return sum(rows), one.get_total_flops() / widest, total.get_total_flops()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="cup-catch")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--decisions", type=int, default=6, help="planning decisions timed per model")
+    p.add_argument("--decisions", type=int, default=8, help="planning decisions timed per row")
     p.add_argument("--checkpoint", default=None, help="a trained small Dreamer-4 (default: fresh weights)")
     p.add_argument("--learner", default=None, help="a learner folder on the model's features (default: fresh)")
+    p.add_argument("--compile", action="store_true", help="also time the model with its transformer compiled")
     p.add_argument("overrides", nargs="*", help="mpc.yaml overrides, e.g. planner.horizon=5 +sampling.sample_steps=2")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    dotlist = [o.lstrip("+") for o in args.overrides]
-    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": args.task}, OmegaConf.from_dotlist(dotlist))
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": args.task},
+                          OmegaConf.from_dotlist([o.lstrip("+") for o in args.overrides]))
     spec = envs.task_spec(args.task)
-    if args.checkpoint:
-        model = world_models.load(args.checkpoint, **cfg.sampling)
-    else:
-        model = world_models.make("dreamer4", "small", tasks=[args.task], **cfg.sampling)
-    model.eval()
-    pl = cfg.planner
+
+    def load():
+        if args.checkpoint:
+            return world_models.load(args.checkpoint, **cfg.sampling).eval()
+        return world_models.make("dreamer4", "small", tasks=[args.task], **cfg.sampling).eval()
+
+    model = load()
     learner = Learner.load(args.learner) if args.learner else Learner(cfg.job.algo, model.feature_dim, spec.action_dim)
     context = cfg.agent.context or model.max_context
+    pl = cfg.planner
     print(f"{args.task}, {args.threads} threads; planner: population {pl.population}, elites {pl.elites}, "
           f"{pl.iterations} iterations, horizon {pl.horizon}, replan every {pl.replan_every}; "
           f"{cfg.agent.prior} prior samples {cfg.agent.prior_samples}, value {cfg.agent.value} ({learner.name}), "
-          f"context {context}")
-    steps = args.decisions * pl.replan_every
-    rows = []
-    env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
-    agent = make_mpc_agent(cfg, model, learner, spec.action_dim, 0, context)
-    rows.append((f"dreamer4/small{' (trained)' if args.checkpoint else ''}", *time_agent(agent, env, steps, 0)))
+          f"context {context}, {model.cfg.sample_steps} substeps per frame")
+
+    def row(name, planner_model, planner_learner, ctx, env=None):
+        env = env or envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
+        agent = make_mpc_agent(cfg, planner_model, planner_learner, spec.action_dim, 0, ctx)
+        return Row(name, agent, env, planner_model)
+
+    name = f"dreamer4/small{' (trained)' if args.checkpoint else ''}"
+    rows = [row(name, model, learner, context)]
+    if args.compile:
+        t0 = time.perf_counter()
+        rows.append(row(f"{name}, compiled", world_models.compile_transformers(load()), learner, context))
+        rows[-1].decide()
+        print(f"compiling: {time.perf_counter() - t0:.0f} s until the first decision was made")
     env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
     oracle = Oracle(env)
-    agent = make_mpc_agent(cfg, oracle, Learner(cfg.job.algo, oracle.feature_dim, spec.action_dim), spec.action_dim, 0, 1)
-    rows.append(("oracle", *time_agent(agent, env, steps, 0)))
-    print(f"{'model':<26}{'ms / decision':>15}{'± std':>8}{'ms / queued step':>18}{'ms / agent step':>17}")
-    for name, plan, queued in rows:
-        per_step = 1e3 * (sum(plan) + sum(queued)) / (len(plan) + len(queued))
-        print(f"{name:<26}{1e3 * np.mean(plan):>15.0f}{1e3 * np.std(plan):>8.0f}"
-              f"{1e3 * np.mean(queued):>18.1f}{per_step:>17.0f}")
-    ratio = np.mean(rows[0][1]) / np.mean(rows[1][1])
-    print(f"dreamer4 / oracle time per decision: {ratio:.2f}x")
+    rows.append(row("oracle", oracle, Learner(cfg.job.algo, oracle.feature_dim, spec.action_dim), 1, env))
+
+    rate = [matmul_gflops()]
+    for r in rows:
+        r.decide()  # warm up: first calls allocate
+    for _ in range(args.decisions):
+        for r in rows:
+            r.seconds.append(r.decide())
+    rate.append(matmul_gflops())
+    gflops = float(np.mean(rate))
+    print(f"float32 matmul: {gflops:.0f} GFLOP/s (before {rate[0]:.0f}, after {rate[1]:.0f})")
+    print(f"{'row':<34}{'ms / decision':>14}{'IQR':>8}{'frames':>8}{'GFLOP/frame':>13}{'floor ms':>10}"
+          f"{'x floor':>9}{'executed GFLOP':>16}")
+    for r in rows:
+        ms = 1e3 * np.array(r.seconds)
+        q1, q3 = np.percentile(ms, [25, 75])
+        if isinstance(r.model, Oracle):
+            print(f"{r.name:<34}{np.median(ms):>14.0f}{q3 - q1:>8.0f}")
+            continue
+        frames, per_frame, executed = frames_and_flops(r)
+        floor = 1e3 * frames * per_frame / (gflops * 1e9)
+        print(f"{r.name:<34}{np.median(ms):>14.0f}{q3 - q1:>8.0f}{frames:>8}{per_frame / 1e9:>13.4f}{floor:>10.0f}"
+              f"{np.median(ms) / floor:>9.2f}{executed / 1e9:>16.1f}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ def main(cfg: DictConfig) -> None:
             if checkpoint is None:
                 raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
         model = world_models.load(checkpoint, device=str(device), **cfg.sampling)
+        if cfg.compile:
+            world_models.compile_transformers(model)
         if cfg.task not in model.tasks:
             raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
         if cfg.learner == "auto":

@@ -1,5 +1,6 @@
 """The step API every world model offers: start / step / features / select, imagine as a
 loop over step, the sliding context window, and clear errors that leave states intact."""
+import copy
 from dataclasses import replace
 
 import pytest
@@ -170,3 +171,20 @@ def test_a_model_without_a_reward_head_says_so():
         _, out = bare.step(bare.start(obs), torch.zeros(1, 2))
         assert out.reward is None
         assert bare.imagine(obs, torch.zeros(1, 2, 2)).rewards is None
+
+
+def test_compiled_transformers_imagine_what_the_eager_ones_do(model):
+    # dynamo's own "eager" backend: the capture, guards and recompiles of a real compile,
+    # without the minutes of code generation (benchmarks/planner_speed.py --compile times that)
+    from torch._dynamo.utils import counters
+
+    if model.name != "dreamer4":
+        pytest.skip("one family is enough: both run the same SpaceTimeStack, and tracing takes 30 s")
+    counters.clear()
+    compiled = world_models.compile_transformers(copy.deepcopy(model), backend="eager")
+    obs, ctx = context(t=2)
+    plans = torch.rand(3, 3, 2, generator=gen(2)) * 2 - 1  # a 2-frame window slides once
+    runs = [m.imagine(obs, plans, context_actions=ctx, max_context=2, generator=gen()) for m in (model, compiled)]
+    torch.testing.assert_close(runs[1].latents, runs[0].latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[1].features, runs[0].features, atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] > 0  # the stacks did run compiled

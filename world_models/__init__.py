@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from world_models.base import Imagination, Policy, SimState, Simulator, Step, WorldModel
+from world_models.blocks import compile_transformers
 from world_models.checkpoint import config_from_dict, find_checkpoint, load_weights, read_config
 
 MODELS = ("dreamer4", "whale", "ensemble")
@@ -64,4 +65,5 @@ def load(path: str | Path, device: str = "cpu", **overrides) -> Simulator:
     return model.to(device).eval()
 
 
-__all__ = ["Imagination", "MODELS", "Policy", "SimState", "Simulator", "Step", "WorldModel", "load", "make"]
+__all__ = ["Imagination", "MODELS", "Policy", "SimState", "Simulator", "Step", "WorldModel", "compile_transformers",
+           "load", "make"]

@@ -32,12 +32,22 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype) * self.weight
 
 
-def rope(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotary position embedding on the last dim of `x [..., N, D]` at positions `pos [N]`."""
+Rotary = tuple[Tensor, Tensor]
+
+
+def rotary(pos: Tensor, dim: int, base: float = 10000.0) -> Rotary:
+    """RoPE tables `(cos, sin)`, each `[N, dim / 2]` float32, for positions `pos [N]`
+    (computed once per stack call and shared by its layers, queries and keys)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    angles = pos.to(torch.float32)[:, None] * freqs
+    return angles.cos(), angles.sin()
+
+
+def rope(x: Tensor, tables: Rotary) -> Tensor:
+    """Rotary position embedding on the last dim of `x [..., N, D]` with `rotary` tables."""
+    cos, sin = (t.to(x.dtype) for t in tables)  # no copy unless under autocast
     half = x.shape[-1] // 2
-    freqs = torch.exp(-math.log(base) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = pos.to(torch.float32)[:, None] * freqs  # [N, D/2]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -45,9 +55,10 @@ def rope(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with RoPE and QK-norm.
 
-    `forward(x [B, N, C], pos [N], mask [N, N_kv] bool (True = may attend), past (k, v))`
-    where `past` holds earlier keys/values `[B, H, P, D]` prepended to this call's, so
-    queries attend over `P + N` keys. Returns the output and this call's `(k, v)`.
+    `forward(x [B, N, C], rot (cos, sin) tables for the N positions (`rotary`), mask [N, N_kv]
+    bool (True = may attend), past (k, v))` where `past` holds earlier keys/values
+    `[B, H, P, D]` prepended to this call's, so queries attend over `P + N` keys. Returns
+    the output and this call's `(k, v)`.
     """
 
     def __init__(self, dim: int, heads: int, rope: bool = True):
@@ -59,12 +70,12 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = RMSNorm(dim // heads), RMSNorm(dim // heads)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None,
+    def forward(self, x: Tensor, rot: Rotary | None = None, mask: Tensor | None = None,
                 past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
-            q, k = rope(q, pos), rope(k, pos)
+            q, k = rope(q, rot), rope(k, rot)
         if past is None and torch.is_grad_enabled():
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -111,8 +122,8 @@ class Block(nn.Module):
         self.norm1, self.attn = RMSNorm(dim), Attention(dim, heads, rope)
         self.norm2, self.mlp = RMSNorm(dim), SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), pos, mask)[0]
+    def forward(self, x: Tensor, rot: Rotary | None = None, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rot, mask)[0]
         return x + self.mlp(self.norm2(x))
 
 
@@ -194,15 +205,15 @@ class SpaceTimeLayer(nn.Module):
         self.time_norm, self.time_attn = RMSNorm(dim), Attention(dim, heads)
         self.mlp_norm, self.mlp = RMSNorm(dim), SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x: Tensor, t_pos: Tensor, space_mask: Tensor | None = None,
+    def forward(self, x: Tensor, space_rot: Rotary, time_rot: Rotary, space_mask: Tensor | None = None,
                 past: KV | None = None, time_mask: Tensor | None = None) -> tuple[Tensor, KV]:
-        """x `[B, T, N, C]` at absolute times `t_pos [T]`, after `past` keys/values
-        `[B*N, heads, P, D]` (causal layers only). `time_mask [T, T]` (True = may attend)
-        replaces the causal mask, for layouts where the sequence is not one time line.
-        Returns the new x and this call's keys/values."""
+        """x `[B, T, N, C]` with RoPE tables for the N token positions and the T absolute
+        times (`rotary`), after `past` keys/values `[B*N, heads, P, D]` (causal layers only).
+        `time_mask [T, T]` (True = may attend) replaces the causal mask, for layouts where
+        the sequence is not one time line. Returns the new x and this call's keys/values."""
         B, T, N, _ = x.shape
         xs = rearrange(x, "b t n c -> (b t) n c")
-        y, _ = self.space_attn(self.space_norm(xs), torch.arange(N, device=x.device), space_mask)
+        y, _ = self.space_attn(self.space_norm(xs), space_rot, space_mask)
         x = x + rearrange(y, "(b t) n c -> b t n c", b=B)
         P = 0 if past is None else past[0].shape[2]
         if time_mask is not None and past is not None:
@@ -212,7 +223,7 @@ class SpaceTimeLayer(nn.Module):
         elif past is not None:
             raise ValueError("a non-causal layer cannot extend a cached past")
         xt = rearrange(x, "b t n c -> (b n) t c")
-        y, kv = self.time_attn(self.time_norm(xt), t_pos, time_mask, past)
+        y, kv = self.time_attn(self.time_norm(xt), time_rot, time_mask, past)
         x = x + rearrange(y, "(b n) t c -> b t n c", b=B)
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -233,11 +244,30 @@ class SpaceTimeStack(nn.Module):
         """`t_pos [T]` and `time_mask [T, T]` override the times t0.. and the causal mask."""
         if t_pos is None:
             t_pos = torch.arange(t0, t0 + x.shape[1], device=x.device)
+        head_dim = x.shape[-1] // self.layers[0].time_attn.heads
+        space_rot = rotary(torch.arange(x.shape[2], device=x.device), head_dim)
+        time_rot = rotary(t_pos, head_dim)
         new_kv = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, t_pos, self.space_mask, None if cache is None else cache[i], time_mask)
+            x, kv = layer(x, space_rot, time_rot, self.space_mask, None if cache is None else cache[i], time_mask)
             new_kv.append(kv)
         return x, new_kv
+
+
+def compile_transformers(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """`torch.compile` every `SpaceTimeStack` of `model` in place (dynamic shapes: the batch
+    and the window length vary during a rollout) and return `model`. The first calls
+    compile (half a minute to minutes on a CPU, once per process and shape family); it pays
+    off over long planning runs (`benchmarks/planner_speed.py --compile`)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 64)  # batch 1 / N, empty / cached past, training
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 512)
+    for module in model.modules():
+        if isinstance(module, SpaceTimeStack):
+            module.compile(dynamic=True, backend=backend)
+    return model
 
 
 class RolloutWindow:
