@@ -180,6 +180,9 @@ class PhaseLoss(nn.Module):
         return self.model.loss(batch, self.phase)
 
 
+NEVER = 2 ** 62  # the step of the first non-finite loss while there is none
+
+
 class PhaseStep:
     """One optimiser step of one phase: `step_fn(batch, step)`. Metrics and the finiteness
     of the loss and gradient norm stay on the device until `synced_metrics`."""
@@ -197,7 +200,7 @@ class PhaseStep:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda"
                          else contextlib.nullcontext())
         self.metrics: dict[str, torch.Tensor] = {}
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=model.device)
+        self.first_bad = torch.full((), NEVER, dtype=torch.long, device=model.device)  # 1-based step
 
     def __call__(self, batch: dict[str, torch.Tensor], step: int) -> None:
         with self.autocast:
@@ -206,15 +209,16 @@ class PhaseStep:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step + 1, self.first_bad)  # 1-based
+        self.first_bad = torch.where(bad, self.first_bad.clamp(max=step + 1), self.first_bad)
         self.opt.step()
         self.metrics = {**metrics, f"{self.phase}/loss": loss.detach(), f"{self.phase}/grad_norm": grad_norm}
 
     def synced_metrics(self, ckpt_dir: Path) -> dict[str, float]:
-        """The last step's metrics, averaged over the ranks, as floats (one device sync).
+        """The last step's metrics, averaged over the ranks, as floats (read from the device
+        here, not at every step).
         Raises `FloatingPointError` on every rank if any step of the phase so far had a
         non-finite loss or gradient norm on any rank: nothing after it is checkpointed."""
-        first_bad = distributed.smallest(torch.where(self.first_bad < 0, NEVER, self.first_bad))
+        first_bad = distributed.smallest(self.first_bad)
         names = sorted(self.metrics)
         values = distributed.mean(torch.stack([self.metrics[k].float() for k in names]))
         first_bad, values = int(first_bad), values.tolist()
@@ -223,9 +227,6 @@ class PhaseStep:
                 f"{self.model.name}/{self.phase} step {first_bad}: non-finite loss or gradient norm; stopped "
                 f"without saving (last good checkpoint: {find_checkpoint(ckpt_dir) or 'none yet'})")
         return dict(zip(names, values))
-
-
-NEVER = 2 ** 62  # the step of the first non-finite loss, while there is none
 
 
 @contextlib.contextmanager
