@@ -87,9 +87,12 @@ def main(cfg: DictConfig) -> None:
     if cfg.ensemble < 0:
         raise ValueError(f"ensemble must be >= 0, got {cfg.ensemble}")
     device = resolve_device(cfg.device)
+    rank = distributed.setup(device)  # under torchrun: one GPU per process (LOCAL_RANK)
+    if device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)
     torch.manual_seed(cfg.seed)
     if cfg.world_model == "ensemble":
-        if distributed.setup(device).world > 1:
+        if rank.world > 1:
             raise ValueError("world_model=ensemble trains in one process; run it without torchrun")
         if cfg.init:
             raise ValueError("init= finetunes a pixel world model (dreamer4, whale), not the state ensemble")
@@ -108,7 +111,7 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out or f"runs/{kind}/{cfg.world_model}-{cfg.preset}/{'+'.join(tasks)}/{cfg.seed}")
     store = EpisodeStore(cfg.store)
     train_eps, held_eps = split_episodes(store, tasks, cfg.holdout, cfg.seed)
-    master = distributed.setup(device).master
+    master = rank.master
     say = print if master else lambda *_: None
     say(f"{cfg.world_model}/{cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{len(train_eps)} train / {len(held_eps)} held-out episodes, phases "
