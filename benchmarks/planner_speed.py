@@ -1,7 +1,7 @@
 """Planner speed against its FLOP floor: milliseconds per planning decision at the
 `mpc.yaml` defaults, side by side in one run.
 
-    python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 8] [--compile]
+    python benchmarks/planner_speed.py [--task cup-catch] [--threads 2] [--decisions 8] [--compile] [--substeps 4 2]
                                        [--checkpoint runs/train/dreamer4-small/cup-catch/0/checkpoint]
                                        [--learner runs/offline/cup-catch/td3+bc/0/learner] [overrides ...]
 
@@ -10,9 +10,10 @@ steps): a `start` on the context, the prior's rollout, then `iterations` rollout
 whole population. The FLOP floor is the model's FLOPs per imagined frame (one step of a
 population-wide rollout, counted by `torch.utils.flop_counter`) times the frames imagined
 per decision, divided by the rate of a 1024 x 1024 float32 matmul measured in the same
-run: the time the decision would take if every FLOP ran at matmul speed. Rows: the small
+run: the time the decision would take if every FLOP ran at matmul speed; `x 1st floor`
+compares each row with the first row's floor (the same frames at its substep count). Rows: the small
 Dreamer-4 (a trained checkpoint when given, else fresh weights: the cost does not depend
-on them), with `--compile` the same model with its transformer compiled
+on them) at each `--substeps` count, with `--compile` also with its transformer compiled
 (`world_models.compile_transformers`), and the oracle (the true simulator replaying every
 candidate). Each plans with the value-guided planner: a critic values each plan's end and
 the actor seeds the plans (a fresh learner of the job's `algo` unless one is given).
@@ -102,6 +103,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="a trained small Dreamer-4 (default: fresh weights)")
     p.add_argument("--learner", default=None, help="a learner folder on the model's features (default: fresh)")
     p.add_argument("--compile", action="store_true", help="also time the model with its transformer compiled")
+    p.add_argument("--substeps", type=int, nargs="+", default=None,
+                   help="Euler substeps per imagined frame, a row (pair) each (default: the model's own)")
     p.add_argument("overrides", nargs="*", help="mpc.yaml overrides, e.g. planner.horizon=5 +sampling.sample_steps=2")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,10 +112,11 @@ def main() -> None:
                           OmegaConf.from_dotlist([o.lstrip("+") for o in args.overrides]))
     spec = envs.task_spec(args.task)
 
-    def load():
+    def load(substeps: int | None = None):
+        sampling = {**cfg.sampling, **({"sample_steps": substeps} if substeps else {})}
         if args.checkpoint:
-            return world_models.load(args.checkpoint, **cfg.sampling).eval()
-        return world_models.make("dreamer4", "small", tasks=[args.task], **cfg.sampling).eval()
+            return world_models.load(args.checkpoint, **sampling).eval()
+        return world_models.make("dreamer4", "small", tasks=[args.task], **sampling).eval()
 
     model = load()
     learner = Learner.load(args.learner) if args.learner else Learner(cfg.job.algo, model.feature_dim, spec.action_dim)
@@ -121,20 +125,22 @@ def main() -> None:
     print(f"{args.task}, {args.threads} threads; planner: population {pl.population}, elites {pl.elites}, "
           f"{pl.iterations} iterations, horizon {pl.horizon}, replan every {pl.replan_every}; "
           f"{cfg.agent.prior} prior samples {cfg.agent.prior_samples}, value {cfg.agent.value} ({learner.name}), "
-          f"context {context}, {model.cfg.sample_steps} substeps per frame")
+          f"context {context}")
 
     def row(name, planner_model, planner_learner, ctx, env=None):
         env = env or envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
         agent = make_mpc_agent(cfg, planner_model, planner_learner, spec.action_dim, 0, ctx)
         return Row(name, agent, env, planner_model)
 
-    name = f"dreamer4/small{' (trained)' if args.checkpoint else ''}"
-    rows = [row(name, model, learner, context)]
-    if args.compile:
-        t0 = time.perf_counter()
-        rows.append(row(f"{name}, compiled", world_models.compile_transformers(load()), learner, context))
-        rows[-1].decide()
-        print(f"compiling: {time.perf_counter() - t0:.0f} s until the first decision was made")
+    rows = []
+    for substeps in args.substeps or [model.cfg.sample_steps]:
+        name = f"dreamer4/small{' (trained)' if args.checkpoint else ''}, {substeps} substeps"
+        rows.append(row(name, load(substeps), learner, context))
+        if args.compile:
+            t0 = time.perf_counter()
+            rows.append(row(f"{name}, compiled", world_models.compile_transformers(load(substeps)), learner, context))
+            rows[-1].decide()
+            print(f"compiling: {time.perf_counter() - t0:.0f} s until the first decision was made")
     env = envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
     oracle = Oracle(env)
     rows.append(row("oracle", oracle, Learner(cfg.job.algo, oracle.feature_dim, spec.action_dim), 1, env))
@@ -148,18 +154,20 @@ def main() -> None:
     rate.append(matmul_gflops())
     gflops = float(np.mean(rate))
     print(f"float32 matmul: {gflops:.0f} GFLOP/s (before {rate[0]:.0f}, after {rate[1]:.0f})")
-    print(f"{'row':<34}{'ms / decision':>14}{'IQR':>8}{'frames':>8}{'GFLOP/frame':>13}{'floor ms':>10}"
-          f"{'x floor':>9}{'executed GFLOP':>16}")
+    print(f"{'row':<44}{'ms / decision':>14}{'IQR':>6}{'frames':>8}{'GFLOP/frame':>13}{'floor ms':>10}"
+          f"{'x floor':>9}{'x 1st floor':>13}{'executed GFLOP':>16}")
+    first_floor = None
     for r in rows:
         ms = 1e3 * np.array(r.seconds)
         q1, q3 = np.percentile(ms, [25, 75])
         if isinstance(r.model, Oracle):
-            print(f"{r.name:<34}{np.median(ms):>14.0f}{q3 - q1:>8.0f}")
+            print(f"{r.name:<44}{np.median(ms):>14.0f}{q3 - q1:>6.0f}")
             continue
         frames, per_frame, executed = frames_and_flops(r)
         floor = 1e3 * frames * per_frame / (gflops * 1e9)
-        print(f"{r.name:<34}{np.median(ms):>14.0f}{q3 - q1:>8.0f}{frames:>8}{per_frame / 1e9:>13.4f}{floor:>10.0f}"
-              f"{np.median(ms) / floor:>9.2f}{executed / 1e9:>16.1f}")
+        first_floor = first_floor or floor
+        print(f"{r.name:<44}{np.median(ms):>14.0f}{q3 - q1:>6.0f}{frames:>8}{per_frame / 1e9:>13.4f}{floor:>10.0f}"
+              f"{np.median(ms) / floor:>9.2f}{np.median(ms) / first_floor:>13.2f}{executed / 1e9:>16.1f}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, past: 
     this call's `k, v [B, H, N, D]` without concatenating the cache (the scores are
     concatenated instead, `[B, H, N, P + N]`), and with the softmax written out: for the
     short rows of imagination (N = one step's tokens, P + N <= a window) PyTorch's CPU
-    softmax over a last dim of 9-13 was 2.3x slower. Measurements: `benchmarks/planner_speed.py`."""
+    softmax over a last dim of 9-13 was 2.3x slower (`docs/scale.md`)."""
     scores = q @ k.transpose(-1, -2)
     if past is not None:
         scores = torch.cat([q @ past[0].transpose(-1, -2), scores], -1)
