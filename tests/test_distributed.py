@@ -62,12 +62,11 @@ def rank_worker(rank: int, world: int, port: int, family: str, store_root: str, 
 @pytest.fixture(scope="module")
 def ddp_run(request, toy_store, tmp_path_factory):
     """Two gloo ranks trained every phase of a tiny `request.param` model: what each rank
-    held at the end, and the run folder."""
-    out, world = tmp_path_factory.mktemp(f"ddp-{request.param}"), 2
+    held after each phase, and the last phase's run folder."""
+    out, world, phases = tmp_path_factory.mktemp(f"ddp-{request.param}"), 2, list(STEPS[request.param])
     mp.spawn(rank_worker, args=(world, free_port(), request.param, str(toy_store), str(out)), nprocs=world)
-    model = world_models.make(request.param, "tiny")
     return {phase: [torch.load(out / f"{phase}{r}.pt", weights_only=True) for r in range(world)]
-            for phase in model.phases}, out / "run" / model.phases[-1]
+            for phase in phases}, out / "run" / phases[-1]
 
 
 @pytest.mark.parametrize("ddp_run", ["dreamer4", "whale"], indirect=True)
