@@ -4,7 +4,8 @@ AdamW per phase (only that phase's parameters train), bf16 autocast on CUDA, a p
 bar, TensorBoard logs (losses, metrics, image grids of real frames over model frames), and
 an atomic checkpoint every `ckpt_every` steps; a killed run resumes where it stopped. A
 non-finite loss or gradient stops the run (`FloatingPointError`) before it can reach a
-checkpoint.
+checkpoint. Under `torchrun` the same code trains with DistributedDataParallel
+(`world_models.distributed`); metrics are read from the device only when they are logged.
 """
 from __future__ import annotations
 
