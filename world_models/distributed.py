@@ -54,35 +54,28 @@ def current() -> Rank:
     return Rank(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def is_master() -> bool:
-    return current().master
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    """A reduced copy of `t` over the ranks (`t` itself when alone)."""
+    if current().world == 1:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=op)
+    return t
 
 
 def mean(t: torch.Tensor) -> torch.Tensor:
-    """`t` averaged over the ranks (a new tensor; `t` itself when alone)."""
-    if current().world == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t)
-    return t / dist.get_world_size()
+    """`t` averaged over the ranks."""
+    return _all_reduce(t, dist.ReduceOp.SUM) / current().world
 
 
 def total(t: torch.Tensor) -> torch.Tensor:
-    """`t` summed over the ranks (a new tensor; `t` itself when alone)."""
-    if current().world == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t)
-    return t
+    """`t` summed over the ranks."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def smallest(t: torch.Tensor) -> torch.Tensor:
-    """The elementwise minimum of `t` over the ranks (a new tensor; `t` itself when alone)."""
-    if current().world == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t
+    """The elementwise minimum of `t` over the ranks."""
+    return _all_reduce(t, dist.ReduceOp.MIN)
 
 
 def from_master(t: torch.Tensor) -> torch.Tensor:
@@ -97,4 +90,4 @@ def barrier() -> None:
         dist.barrier()
 
 
-__all__ = ["Rank", "barrier", "current", "from_master", "is_master", "mean", "setup", "smallest", "total"]
+__all__ = ["Rank", "barrier", "current", "from_master", "mean", "setup", "smallest", "total"]
