@@ -1,7 +1,9 @@
 """Shared entry-point plumbing for the Hydra scripts in this folder."""
 from __future__ import annotations
 
+import csv
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -23,6 +25,16 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"device must be auto, cpu or cuda (with a GPU), got {name!r}")
     return torch.device(name)
+
+
+def write_csv(path: Path, header: list[str], rows: list) -> None:
+    """Write a CSV atomically (a temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def check_types(cfg: dict, defaults: dict, schemas: dict[str, type] | None = None, prefix: str = "") -> None:

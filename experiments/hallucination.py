@@ -9,8 +9,6 @@ against 8-step rollout PSNR, AUROC against the labels *action ignored* and *scen
 divergent*, and ρ against the rollout's perceptual error. Writes `scores.csv`,
 `windows.csv` and PNG plots under `out`, and prints the table.
 """
-import csv
-import os
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from cli import entry_point, resolve_device  # noqa: E402
+from cli import entry_point, resolve_device, write_csv  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import world_models  # noqa: E402
@@ -30,15 +28,6 @@ from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
 from world_models.training import split_episodes  # noqa: E402
 
 COLUMNS = ("spearman_psnr", "auroc_action_ignored", "auroc_scene_divergent", "spearman_perceptual")
-
-
-def write_csv(path: Path, header, rows) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot(per_window: dict, scores: dict, out: Path) -> None:

@@ -113,17 +113,22 @@ class StructuredNoise(Behavior):
     kinds: ``"gaussian"`` (σ ~ U(0.1, 0.6)), ``"ou"`` (Ornstein–Uhlenbeck, temporally
     correlated: θ ~ U(0.05, 0.3), σ ~ U(0.1, 0.4)), ``"mix"`` (convex mixture with a
     uniform random action, weight α ~ U(0.2, 0.8)). With `kind=None` it is drawn per
-    episode too.
+    episode too. A fixed `scale` replaces the draw of σ (gaussian, ou) or α (mix): graded
+    policies of fixed quality, e.g. for off-policy evaluation.
     """
 
     KINDS = ("gaussian", "ou", "mix")
 
-    def __init__(self, expert: Behavior, kind: str | None = None):
+    def __init__(self, expert: Behavior, kind: str | None = None, scale: float | None = None):
         if kind is not None and kind not in self.KINDS:
             raise ValueError(f"noise kind must be one of {self.KINDS}, got {kind!r}")
+        if scale is not None and (kind is None or not scale >= 0 or (kind == "mix" and scale > 1)):
+            raise ValueError(f"a fixed noise scale needs a kind and a value >= 0 (<= 1 for mix), got {kind!r}, {scale!r}")
         super().__init__(expert.action_dim)
-        self.expert, self.fixed_kind = expert, kind
+        self.expert, self.fixed_kind, self.scale = expert, kind, scale
         self.name = f"noise-{kind}" if kind else "noise"
+        if scale is not None:
+            self.name += f"-{scale:g}"
 
     def reset(self, rng):
         super().reset(rng)
@@ -132,6 +137,8 @@ class StructuredNoise(Behavior):
         self.sigma = rng.uniform(0.1, 0.6) if self.kind == "gaussian" else rng.uniform(0.1, 0.4)
         self.theta = rng.uniform(0.05, 0.3)
         self.alpha = rng.uniform(0.2, 0.8)
+        if self.scale is not None:
+            self.sigma = self.alpha = self.scale
         self.ou = np.zeros(self.action_dim)
 
     def act(self, state):
@@ -229,6 +236,7 @@ class SnapshotMix(Behavior):
 
 BEHAVIORS = ("random", "noop", "expert", "transformed", "noise", "noise-gaussian", "noise-ou",
              "noise-mix", "mixed", "medium", "medium-replay", "curiosity")
+"""Names `make_behavior` takes; `noise-<kind>-<scale>` (e.g. `noise-gaussian-0.3`) fixes the noise's scale."""
 
 
 def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavior] | None = None,
@@ -254,8 +262,10 @@ def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavio
         return RandomBehavior(action_dim)
     if name == "noop":
         return NoOpBehavior(action_dim)
-    if name not in BEHAVIORS:
-        raise ValueError(f"unknown behavior {name!r}; choose from {', '.join(BEHAVIORS)}")
+    kind, scale = noise_spec(name)
+    if name not in BEHAVIORS and scale is None:
+        raise ValueError(f"unknown behavior {name!r}; choose from {', '.join(BEHAVIORS)} "
+                         "(or noise-<gaussian|ou|mix>-<scale>)")
     if expert is None:
         raise ValueError(f"behavior {name!r} needs an expert for this task")
     if name == "expert":
@@ -269,7 +279,20 @@ def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavio
         return (SnapshotMix([s() for s in snapshots], "medium-replay", (0.0, 0.3)) if snapshots
                 else SnapshotMix([expert()], "medium-replay", (0.5, 1.0)))
     if name.startswith("noise"):
-        return StructuredNoise(expert(), kind=name.split("-", 1)[1] if "-" in name else None)
+        return StructuredNoise(expert(), kind=kind, scale=scale)
     return MixedBehavior([RandomBehavior(action_dim), NoOpBehavior(action_dim), expert(),
                           TransformedExpert(expert()), StructuredNoise(expert())]
                          + [AgentBehavior(n, action_dim, make) for n, make in agents.items()])
+
+
+def noise_spec(name: str) -> tuple[str | None, float | None]:
+    """`noise-<kind>[-<scale>]` -> (kind, scale); (None, None) for `noise` and other names."""
+    parts = name.split("-")
+    if parts[0] != "noise" or len(parts) < 2 or parts[1] not in StructuredNoise.KINDS or len(parts) > 3:
+        return None, None
+    if len(parts) == 2:
+        return parts[1], None
+    try:
+        return parts[1], float(parts[2])
+    except ValueError:
+        return None, None
