@@ -38,6 +38,9 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
     ("mpc.py", "+job.bogus=1", "job: unknown JobConfig field(s) bogus"),
     ("offline.py", "lam=abc", "lam must be a number"),
     ("collect.py", "episodes=abc", "episodes must be an integer"),
+    ("value_estimation.py", "checkpoint=/nonexistent", "checkpoint"),
+    ("value_estimation.py", "seed=0", "needs checkpoint=..."),
+    ("value_estimation.py", "episodes=many", "episodes must be an integer"),
 ])
 def test_other_entry_points_reject_bad_values_in_one_line(script, override, word, tmp_path):
     out = tmp_path / "out"

@@ -50,12 +50,15 @@ def test_an_unknown_policy_fails_before_any_episode():
         state_policy("expret", "toy-reach")
 
 
-def test_the_entry_point_writes_its_table_and_files(tmp_path):
+@pytest.mark.parametrize("name", ["dreamer4", "ensemble"])
+def test_the_entry_point_writes_its_table_and_files(name, tmp_path):
+    # the same evaluation for a pixel model and the state ensemble (which has no BC head)
     import world_models
     from replay import collect
     from world_models.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "ckpt", world_models.make("dreamer4", "tiny"), scene_motion={"toy-reach": 1.0})
+    kwargs = {"scene_motion": {"toy-reach": 1.0}} if name == "dreamer4" else {}
+    save_checkpoint(tmp_path / "ckpt", world_models.make(name, "tiny", tasks=("toy-reach",)), **kwargs)
     collect("toy-reach", "mixed", tmp_path / "data", 4, size=16, seed=0, progress=False)
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "value_estimation.py"), "task=toy-reach",
                           f"checkpoint={tmp_path / 'ckpt'}", f"store={tmp_path / 'data'}", f"out={tmp_path / 'out'}",
@@ -63,11 +66,14 @@ def test_the_entry_point_writes_its_table_and_files(tmp_path):
                           "probe_windows=64", "num_envs=1", "progress=false"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    for line in ("state probe", "value_gap", "model ", "replay ", "expert ", "bc "):
+    policies = 4 if name == "dreamer4" else 3
+    for line in ("state probe", "value_gap", "model ", "replay ", "expert ",
+                 "bc " if name == "dreamer4" else "bc: skipped, this ensemble model has no BC head"):
         assert line in run.stdout, (line, run.stdout)
-    for name in ("returns.csv", "policies.csv", "metrics.json", "scatter.png"):
-        assert (tmp_path / "out" / name).exists(), name
-    rows = (tmp_path / "out" / "returns.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 * 2
+    for file in ("returns.csv", "policies.csv", "metrics.json", "scatter.png"):
+        assert (tmp_path / "out" / file).exists(), file
+    assert len((tmp_path / "out" / "returns.csv").read_text().splitlines()) == 1 + policies * 2
     # the real episodes of the state policies are kept for the next model, next to the run
-    assert len(list((tmp_path / "runs" / "value_estimation" / "toy-reach" / "0").glob("real-16px-8steps/toy-reach/*"))) == 3
+    size = 16 if name == "dreamer4" else 64
+    kept = tmp_path / "runs" / "value_estimation" / "toy-reach" / "0" / f"real-{size}px-8steps" / "toy-reach"
+    assert sorted(p.name for p in kept.iterdir()) == ["expert", "noise-gaussian-0.5", "random"]
