@@ -32,7 +32,7 @@ from agents.policy import FeaturePolicyAgent
 from replay import Episode, EpisodeInfo, EpisodeStore, collect
 from replay.behaviors import Behavior, make_behavior
 from replay.experts import DEFAULT_EXPERT_DIR, make_expert
-from uncertainty.fidelity import StateProbe, WindowSampler, window_features
+from uncertainty.fidelity import StateProbe, Windows, WindowSampler, window_features
 from uncertainty.metrics import spearman
 from world_models import Simulator, WorldModel
 
@@ -150,21 +150,26 @@ def reads_frames(model: Simulator) -> bool:
 def fit_probe(model: Simulator, store: EpisodeStore, episodes: list[EpisodeInfo], task: str, *, context: int,
               windows: int = 2048, seed: int = 0) -> tuple[StateProbe, float]:
     """A `StateProbe` from the model's features (read with `context` frames) to the recorded
-    states, fitted on `windows` windows of `episodes`, and its median R² over the state
-    dimensions that vary, on as many held-out windows."""
-    sampler = WindowSampler(store, episodes, context=context, horizon=1)
+    states, fitted on `windows` windows of 90% of `episodes`, and its median R² over the
+    state dimensions that vary, on as many windows of the other 10%."""
     rng = np.random.default_rng(seed)
-    fit, held = sampler.sample(windows, None, rng), sampler.sample(windows, None, rng)
+    order = rng.permutation(len(episodes))
+    cut = len(episodes) - max(1, len(episodes) // 10) if len(episodes) > 1 else 1
+    fit_eps, held_eps = [episodes[i] for i in order[:cut]], [episodes[i] for i in order[cut:]] or None
 
-    def features(w) -> Tensor:
+    def sample(eps) -> Windows:
+        return WindowSampler(store, eps, context=context, horizon=1).sample(windows, None, rng)
+
+    def features(w: Windows) -> Tensor:
         if reads_frames(model):
             return window_features(model, w, context, task)
         return model.features(w.states[:, context - 1], task=task).float().cpu()
 
+    fit = sample(fit_eps)
+    held = sample(held_eps or fit_eps)
     probe = StateProbe(ridge=1e-3).fit(features(fit), fit.states[:, context - 1])
     states = held.states[:, context - 1]
-    varies = states.std(0) > 1e-6
-    r2 = probe.r2(features(held), states)[varies]
+    r2 = probe.r2(features(held), states)[states.std(0) > 1e-6]
     return probe, float(r2.median()) if len(r2) else float("nan")
 
 

@@ -113,7 +113,7 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(f"no {cfg.task} episodes in {cfg.store} to fit the state probe on")
         probe, probe_r2 = fit_probe(model, store, episodes, cfg.task, context=context, windows=cfg.probe_windows,
                                     seed=cfg.seed)
-        print(f"state probe: {model.name} features -> {cfg.task} states, median R² {probe_r2:.2f} on held-out windows")
+        print(f"state probe: {model.name} features -> {cfg.task} states, median R² {probe_r2:.2f} on held-out episodes")
     env = OmegaConf.to_container(cfg.env)
     options = f"-{hashlib.sha1(json.dumps(env, sort_keys=True).encode()).hexdigest()[:8]}" if env else ""
     results = estimate_values(model, cfg.task, policies, episodes=cfg.episodes, horizon=horizon, seed=cfg.seed,
