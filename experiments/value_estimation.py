@@ -8,9 +8,11 @@ Each policy runs `episodes` real episodes and, from the same start frames, as ma
 loop in the model through the step API (`agents.value_estimation`). Prints, for the model's
 closed-loop estimate and for the open-loop replay of the real actions, the value gap (mean
 |V − V̂| in % of the range of the real values), the return and rank correlations and
-regret@1 / regret@k (in % of the same range). Writes under `out`: `returns.csv` (one row per
-episode), `policies.csv`, `metrics.json` and `scatter.png` (model against real return).
-Real episodes of the state policies are kept next to `out` and reused by other models.
+regret@1 / regret@k (in % of the same range), over all policies and, as WHALE scores them,
+over the unseen ones (whose behaviour label has no episode in `store`, the model's training
+data). Writes under `out`: `returns.csv` (one row per episode), `policies.csv`,
+`metrics.json` and `scatter.png` (model against real return). Real episodes of the state
+policies are kept next to `out` and reused by other models.
 """
 import hashlib
 import json
@@ -106,9 +108,10 @@ def main(cfg: DictConfig) -> None:
     OmegaConf.save(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
     probe, probe_r2 = None, float("nan")
+    store = EpisodeStore(cfg.store)
+    episodes = store.episodes(task=cfg.task)
+    seen = {e.behavior for e in episodes}  # policies whose episodes the model (trained on this store) saw
     if any(p.reads == "state" for p in policies):
-        store = EpisodeStore(cfg.store)
-        episodes = store.episodes(task=cfg.task)
         if not episodes:
             raise ValueError(f"no {cfg.task} episodes in {cfg.store} to fit the state probe on")
         probe, probe_r2 = fit_probe(model, store, episodes, cfg.task, context=context, windows=cfg.probe_windows,
@@ -124,26 +127,33 @@ def main(cfg: DictConfig) -> None:
     real = np.array([r.real.mean() for r in results])
     metrics = {key: value_metrics(real, np.array([getattr(r, key).mean() for r in results]), cfg.k)
                for key in ("model", "replay")}
-    write_csv(out / "returns.csv", ["policy", "reads", "episode", "real", "model", "replay"],
-              [[r.name, r.reads, e, r.real[e], r.model[e], r.replay[e]] for r in results for e in range(len(r.real))])
-    write_csv(out / "policies.csv", ["policy", "reads", "real", "real_std", "model", "model_std", "replay"],
-              [[r.name, r.reads, r.real.mean(), r.real.std(), r.model.mean(), r.model.std(), r.replay.mean()]
-               for r in results])
+    unseen = [r for r in results if r.name not in seen]
+    if len(unseen) < len(results) and len(unseen) >= 2 and np.ptp([r.real.mean() for r in unseen]) > 0:
+        for key in ("model", "replay"):  # WHALE scores the policies that collected no training data
+            metrics[f"{key}, unseen"] = value_metrics(np.array([r.real.mean() for r in unseen]),
+                                                      np.array([getattr(r, key).mean() for r in unseen]), cfg.k)
+    write_csv(out / "returns.csv", ["policy", "reads", "seen", "episode", "real", "model", "replay"],
+              [[r.name, r.reads, r.name in seen, e, r.real[e], r.model[e], r.replay[e]]
+               for r in results for e in range(len(r.real))])
+    write_csv(out / "policies.csv", ["policy", "reads", "seen", "real", "real_std", "model", "model_std", "replay"],
+              [[r.name, r.reads, r.name in seen, r.real.mean(), r.real.std(), r.model.mean(), r.model.std(),
+                r.replay.mean()] for r in results])
     write_json(out / "metrics.json", {**metrics, "probe_r2": probe_r2, "policies": len(results),
                                       "episodes": cfg.episodes, "horizon": horizon, "checkpoint": str(found)})
     title = f"{cfg.task}: {model.name}, {len(results)} policies x {cfg.episodes} episodes, {horizon} steps"
     plot(results, metrics, out / "scatter.png", title)
 
     print(f"\n{title}")
-    print(f"{'policy':<28}{'reads':>9}{'real':>10}{'model':>10}{'replay':>10}")
+    print(f"{'policy':<28}{'reads':>9}{'seen':>6}{'real':>10}{'model':>10}{'replay':>10}")
     for r in sorted(results, key=lambda r: -r.real.mean()):
-        print(f"{r.name:<28}{r.reads:>9}{r.real.mean():>10.1f}{r.model.mean():>10.1f}{r.replay.mean():>10.1f}")
-    names = list(metrics["model"])
-    print(f"\n{'estimate':<10}" + "".join(f"{n:>12}" for n in names))
+        print(f"{r.name:<28}{r.reads:>9}{'yes' if r.name in seen else 'no':>6}{r.real.mean():>10.1f}"
+              f"{r.model.mean():>10.1f}{r.replay.mean():>10.1f}")
+    print(f"\n{'estimate':<16}" + "".join(f"{n:>12}" for n in metrics["model"]))
     for key, m in metrics.items():
-        print(f"{key:<10}" + "".join(f"{m[n]:>12.2f}" if "corr" in n else f"{m[n]:>11.1%} " for n in names))
+        print(f"{key:<16}" + "".join(f"{v:>12.2f}" if "corr" in n else f"{v:>11.1%} " for n, v in m.items()))
     print(f"value gap and regret in % of the real values' range ({real.max() - real.min():.1f}); "
-          f"model: closed loop through the step API, replay: the real episodes' actions open loop")
+          f"model: closed loop through the step API, replay: the real episodes' actions open loop; "
+          f"seen: the policy collected episodes of {cfg.store}")
     print(f"wrote {out}/returns.csv, policies.csv, metrics.json, scatter.png")
 
 
