@@ -13,7 +13,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from world_models.checkpoint import check_fields
+import world_models
+from world_models.checkpoint import check_fields, find_checkpoint
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -25,6 +26,19 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"device must be auto, cpu or cuda (with a GPU), got {name!r}")
     return torch.device(name)
+
+
+def load_model(checkpoint: str | Path, task: str, device: torch.device, **options) -> tuple[Path, "world_models.Simulator"]:
+    """The checkpoint folder found at `checkpoint` (a run or a checkpoint folder) and the model
+    it holds, on `device` (`options` go to `world_models.load`); `ValueError` when nothing
+    loads there or the model was not trained on `task`."""
+    found = find_checkpoint(checkpoint)
+    if found is None:
+        raise ValueError(f"checkpoint: nothing loadable at {checkpoint}")
+    model = world_models.load(found, device=str(device), **options)
+    if task not in model.tasks:
+        raise ValueError(f"task: the checkpoint was trained on {list(model.tasks)}, not {task}")
+    return found, model
 
 
 def write_csv(path: Path, header: list[str], rows: list) -> None:

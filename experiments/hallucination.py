@@ -17,14 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from cli import entry_point, resolve_device, write_csv  # noqa: E402
+from cli import entry_point, load_model, resolve_device, write_csv  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import world_models  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats  # noqa: E402
 from uncertainty.evaluation import phase_signals, score_signals, window_signals  # noqa: E402
-from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
+from world_models.checkpoint import hold_lock  # noqa: E402
 from world_models.training import split_episodes  # noqa: E402
 
 COLUMNS = ("spearman_psnr", "auroc_action_ignored", "auroc_scene_divergent", "spearman_perceptual")
@@ -61,12 +61,7 @@ def plot(per_window: dict, scores: dict, out: Path) -> None:
 @entry_point("hallucination")
 def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
-    folder = find_checkpoint(cfg.checkpoint)
-    if folder is None:
-        raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
-    model = world_models.load(folder, device=str(device))
-    if cfg.task not in model.tasks:
-        raise ValueError(f"task: the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
+    folder, model = load_model(cfg.checkpoint, cfg.task, device)
     ensemble = [world_models.load(p, device=str(device)) for p in cfg.ensemble]
     if any(type(m) is not type(model) for m in ensemble):
         raise ValueError("ensemble: every checkpoint must be of the same model family as checkpoint")

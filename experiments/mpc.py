@@ -24,7 +24,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from cli import entry_point, resolve_device
+from cli import entry_point, load_model, resolve_device
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -39,7 +39,7 @@ from agents.pipeline import JobConfig, MainJob, make_actor_agent, make_mpc_agent
 from agents.value_check import summarize, value_check
 from replay import EpisodeStore
 from uncertainty import MotionStats
-from world_models.checkpoint import find_checkpoint, hold_lock
+from world_models.checkpoint import hold_lock
 from world_models.oracle import Oracle
 
 POLICIES = ("mpc", "actor", "bc", "random")
@@ -107,16 +107,10 @@ def main(cfg: DictConfig) -> None:
                                 **OmegaConf.to_container(cfg.job)))
         if cfg.checkpoint == "auto":
             job.build()
-            checkpoint = job.checkpoint()
-        else:
-            checkpoint = find_checkpoint(cfg.checkpoint)
-            if checkpoint is None:
-                raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
-        model = world_models.load(checkpoint, device=str(device), **cfg.sampling)
+        checkpoint, model = load_model(job.checkpoint() if cfg.checkpoint == "auto" else cfg.checkpoint, cfg.task,
+                                       device, **cfg.sampling)
         if cfg.compile:
             world_models.compile_transformers(model)
-        if cfg.task not in model.tasks:
-            raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
         if cfg.learner == "auto":
             learner = Learner.load(job.learner_dir) if (job.learner_dir / "learner.json").exists() else None
         elif cfg.learner != "none":

@@ -22,19 +22,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from cli import entry_point, resolve_device  # noqa: E402
+from cli import entry_point, load_model, resolve_device  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import envs  # noqa: E402
-import world_models  # noqa: E402
 from agents import FeaturePolicyAgent, ObservationPolicyAgent  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
 from agents.offline import MOPOConfig, feature_transitions, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats, StepSignal  # noqa: E402
-from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
+from world_models.checkpoint import hold_lock  # noqa: E402
 from world_models.imagined import StartWindows  # noqa: E402
 
 
@@ -98,14 +97,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.algo not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo!r}; choose from {', '.join(ALGOS)}")
     device = resolve_device(cfg.device)
-    found = find_checkpoint(cfg.checkpoint)
-    if found is None:
-        raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
-    model = world_models.load(found, device=str(device))
+    found, model = load_model(cfg.checkpoint, cfg.task, device)
     if cfg.world_model and cfg.world_model != model.name:
         raise ValueError(f"world_model={cfg.world_model}, but {cfg.checkpoint} holds a {model.name} model")
-    if cfg.task not in model.tasks:
-        raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
     if not cfg.model_free and not model.has_reward:
         raise ValueError(f"{cfg.checkpoint} has no reward head: MOPO needs the model's rewards (or model_free=true)")
     store = EpisodeStore(cfg.store)

@@ -24,17 +24,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from cli import entry_point, resolve_device, write_csv  # noqa: E402
+from cli import entry_point, load_model, resolve_device, write_csv  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import envs  # noqa: E402
-import world_models  # noqa: E402
 from agents.learner import Learner  # noqa: E402
 from agents.pipeline import write_json  # noqa: E402
 from agents.value_estimation import (estimate_values, feature_policy, fit_probe, reads_frames,  # noqa: E402
                                      state_policy, value_metrics)
 from replay import EpisodeStore  # noqa: E402
-from world_models.checkpoint import find_checkpoint, hold_lock  # noqa: E402
+from world_models.checkpoint import hold_lock  # noqa: E402
 
 
 def plot(results, metrics: dict, path: Path, title: str) -> None:
@@ -65,12 +64,7 @@ def plot(results, metrics: dict, path: Path, title: str) -> None:
 def main(cfg: DictConfig) -> None:
     spec = envs.task_spec(cfg.task)
     device = resolve_device(cfg.device)
-    found = find_checkpoint(cfg.checkpoint)
-    if found is None:
-        raise ValueError(f"checkpoint: nothing loadable at {cfg.checkpoint}")
-    model = world_models.load(found, device=str(device))
-    if cfg.task not in model.tasks:
-        raise ValueError(f"the checkpoint was trained on {list(model.tasks)}, not {cfg.task}")
+    found, model = load_model(cfg.checkpoint, cfg.task, device)
     if cfg.episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")
     horizon = cfg.horizon or spec.episode_length
