@@ -1,10 +1,12 @@
 """The state ensemble (PETS/MOPO): better one-step predictions than one MLP or repeating
-the state, and `max_std` that rises where the data never went."""
+the state, `max_std` that rises where the data never went, and policy values estimated
+closed loop (WHALE's value estimation)."""
 import numpy as np
 import pytest
 import torch
 
 import world_models
+from agents.value_estimation import estimate_values, fit_probe, state_policy, value_gap, value_metrics
 from replay import EpisodeStore, collect
 from world_models.checkpoint import save_checkpoint
 from world_models.ensemble import transitions
@@ -86,3 +88,24 @@ def test_ensemble_rollouts_and_bad_input(data):
     with pytest.raises(ValueError, match="no frames"):
         model.imagine(torch.zeros(1, 4), torch.zeros(1, 2, 2), decode=True)
     assert np.isfinite(im.rewards.numpy()).all()
+
+
+def test_the_ensemble_ranks_policies_and_values_them_closed_loop(data, ensemble, tmp_path):
+    # WHALE's value estimation through the step API: each policy acts on the imagined states
+    # from the real starts. When written (torch seeds 0 and 1): real 49.7 / 47.6 / 42.9 /
+    # 34.9, imagined 49.6 / 47.8 / 43.2 / 33.3 and 49.5 / 47.7 / 43.0 / 33.5; value gap 0.03-0.04
+    # against 4.1-5.1 untrained.
+    policies = [state_policy(n, "toy-reach") for n in ("expert", "noise-mix-0.6", "noise-mix-0.9", "random")]
+    probe, r2 = fit_probe(ensemble, data["train"], data["train"].episodes(), "toy-reach", context=1, windows=512)
+    common = dict(episodes=6, horizon=50, seed=3, real_root=tmp_path / "real", model_root=tmp_path / "model",
+                  context=1, size=8, progress=False, probe=probe, **LEFT)
+    torch.manual_seed(1)
+    untrained = world_models.make("ensemble", "tiny", tasks=("toy-reach",))
+    trained, baseline = (estimate_values(m, "toy-reach", policies, **common) for m in (ensemble, untrained))
+    real = np.array([r.real.mean() for r in trained])
+    trained_v, untrained_v = (np.array([r.model.mean() for r in rs]) for rs in (trained, baseline))
+    print(f"probe R² {r2:.2f}; real {np.round(real, 1)}, model {np.round(trained_v, 1)}, untrained {np.round(untrained_v, 1)}")
+    assert real[0] > real[-1] + 5
+    assert trained_v[0] > trained_v[-1] + 5                      # random ranks below the expert
+    assert value_metrics(real, trained_v)["rank_corr"] > 0.7
+    assert value_gap(real, trained_v) < 0.2 * value_gap(real, untrained_v)
