@@ -42,7 +42,7 @@ MINUTES = {
     "expert_per_1k_steps": 0.20,        # SAC on dm_control states, one torch thread
     "collect_per_1k_frames": {"dmc": 0.15, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.30, "dynamics": 0.28}},
+                         "small": {"tokenizer": 0.20, "dynamics": 0.21}},
     "features_per_1k_frames": 0.40,
     "learner_per_1k_steps": 0.55,
 }

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from agents.learner import Learner
 from agents.offline import episode_features
+from agents.value_estimation import pearson
 from world_models import Simulator
 
 
@@ -60,7 +61,7 @@ def summarize(checks: list[dict[str, np.ndarray]]) -> dict[str, float]:
     out = {}
     if len(q) > 1:
         out.update(q_mae=float(np.abs(q - g).mean()), q_bias=float((q - g).mean()), return_mean=float(g.mean()),
-                   q_corr=float(np.corrcoef(q, g)[0, 1]) if q.std() > 0 and g.std() > 0 else float("nan"))
+                   q_corr=pearson(q, g))
     if len(vr) > 1:
         out.update(imagined_v_gap=float(np.abs(vi - vr).mean()), imagined_v_bias=float((vi - vr).mean()),
                    v_std=float(vr.std()))

@@ -87,3 +87,4 @@ def test_metrics_see_the_rare_approach(report):
     # the reward head errs more in the rare approach phase than at the goal
     assert report["start/reward_mae"] > 2 * report["rest/reward_mae"]
     assert report["start/rollout_fg_psnr"] < report["rest/rollout_fg_psnr"]  # and its rollouts lose the moving agent
+    assert report["start/bc_mse"] > 2 * report["rest/bc_mse"]  # and its BC head misses the approach (0.15 vs 0.01)

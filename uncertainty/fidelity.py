@@ -139,15 +139,24 @@ class StateProbe:
 
 
 @torch.no_grad()
-def window_features(model: WorldModel, w: Windows, context: int, task: str, batch: int = 64) -> Tensor:
+def window_readout(model: WorldModel, w: Windows, context: int, task: str, batch: int = 64) -> tuple[Tensor, Tensor | None]:
     """Features `[B, F]` of each window's last context frame, read with the `context`
-    frames up to it (and the actions between them)."""
-    out = []
+    frames up to it (and the actions between them), and the BC head's action there
+    `[B, A]` (None for a model without one)."""
+    features, actions = [], []
     for i in range(0, len(w.frames), batch):
         frames = w.frames[i: i + batch, :context].to(model.device)
         acts = w.actions[i: i + batch, : context - 1].to(model.device) if context > 1 else None
-        out.append(model.features(frames, acts, task=task).float().cpu())
-    return torch.cat(out)
+        state = model.start(frames, acts, task=task)
+        features.append(state.features.float().cpu())
+        if state.policy_action is not None:
+            actions.append(state.policy_action.float().cpu())
+    return torch.cat(features), torch.cat(actions) if actions else None
+
+
+def window_features(model: WorldModel, w: Windows, context: int, task: str, batch: int = 64) -> Tensor:
+    """The features of `window_readout`."""
+    return window_readout(model, w, context, task, batch)[0]
 
 
 @torch.no_grad()
@@ -181,24 +190,40 @@ def rollout_report(model: WorldModel, w: Windows, context: int, task: str, seed:
 
 
 def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeInfo], held: list[EpisodeInfo],
-                    task: str, *, windows: int = 128, probe_windows: int = 1024, horizon: int = 8,
+                    task: str, *, windows: int = 128, probe_windows: int = 4096, horizon: int = 8,
                     context: int | None = None, start_steps: int = 50, seed: int = 0) -> dict[str, float]:
-    """Per phase (`start`, `rest`): recon / rollout PSNR and foreground PSNR, reward error,
-    and the state probe's R² per named state dimension (`<phase>/probe_r2/<name>`), fitted
-    on `train` episodes and scored on `held` ones. Phases with no window are left out."""
+    """Per phase (`start`, `rest`) of `held` episodes: recon / rollout PSNR and foreground
+    PSNR, reward error, the state probe's R² per named state dimension
+    (`<phase>/probe_r2/<name>`) and the BC head's action error (`bc_mse`) next to always
+    taking the mean action (`bc_mse_mean_action`). The probe and the mean action come from
+    `probe_windows` windows of `train` episodes. Phases with no window are left out.
+
+    The probe needs several windows per feature: on cup-catch (small Dreamer-4, 1152
+    features) 1024 windows gave a held-out ball-velocity R² of 0.06, 6144 gave 0.49."""
     context = context or model.max_context
     names = envs.make(task, obs="state").state_names()
     rng = np.random.default_rng(seed)
-    fit = WindowSampler(store, train, context=context, horizon=horizon, start_steps=start_steps).sample(
-        probe_windows, None, rng)
     last = context - 1
-    probe = StateProbe().fit(window_features(model, fit, context, task), fit.states[:, last])
+    fit_sampler = WindowSampler(store, train, context=context, horizon=1, start_steps=start_steps)
+    features, states, actions = [], [], []
+    for i in range(0, probe_windows, 1024):  # chunks, so that only features stay in memory
+        w = fit_sampler.sample(min(1024, probe_windows - i), None, rng)
+        features.append(window_features(model, w, context, task))
+        states.append(w.states[:, last])
+        actions.append(w.actions[:, last])
+    probe = StateProbe().fit(torch.cat(features), torch.cat(states))
+    mean_action = torch.cat(actions).mean(0)
     sampler = WindowSampler(store, held, context=context, horizon=horizon, start_steps=start_steps)
     out = {}
     for phase, w in sampler.by_phase(windows, rng):
         out.update({f"{phase}/{k}": v for k, v in rollout_report(model, w, context, task, seed).items()})
-        r2 = probe.r2(window_features(model, w, context, task), w.states[:, last])
+        features, policy = window_readout(model, w, context, task)
+        r2 = probe.r2(features, w.states[:, last])
         out.update({f"{phase}/probe_r2/{n}": v for n, v in zip(names, r2.tolist())})
+        if policy is not None:
+            taken = w.actions[:, last]
+            out[f"{phase}/bc_mse"] = (policy[:, : taken.shape[1]] - taken).pow(2).mean().item()
+            out[f"{phase}/bc_mse_mean_action"] = (mean_action - taken).pow(2).mean().item()
     return out
 
 

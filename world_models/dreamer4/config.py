@@ -123,13 +123,13 @@ PRESETS = {
     # the 64 px CPU model for one DMC task. Its tokenizer departs from the paper where
     # cup-catch showed it must (docs/cup_catch.md): the loss covers all patches under
     # light masking and weighs moving pixels 5x, each step reads one frame from each of 32
-    # windows. With the paper's masked-only loss the cup and the ball vanished into the
-    # mean frame (foreground PSNR 13 dB) while the full frame read 29 dB. Clean context,
+    # windows, for 3000 steps. With the paper's masked-only loss the cup and the ball vanished
+    # into the mean frame (foreground PSNR 13 dB) while the full frame read 29 dB. Clean context,
     # half the rows two-stream; rows are 4 frames long so the model can read velocities.
     # Two substeps per frame imagine as well as four on cup-catch at 3/5 of the cost.
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, tok_depth=2, n_latents=16,
                   d_bottleneck=16, dyn_dim=128, dyn_heads=4, dyn_depth=4, registers=2,
-                  agent_tokens=1, batch=16, seq_len=4, tok_batch=32, tok_steps=1500, dyn_steps=1500, lr=5e-4,
+                  agent_tokens=1, batch=16, seq_len=4, tok_batch=32, tok_steps=3000, dyn_steps=1500, lr=5e-4,
                   mae_keep_range=(0.75, 1.0), mae_loss="all", fg_weight=4.0,
                   **{**_NO_BOOTSTRAP, "sample_steps": 2, "context_tau": 1.0, "context_rows": 0.5}),
     # appendix F scale, for GPUs (values the extracted paper lost are filled from Dreamer 4
