@@ -199,7 +199,8 @@ def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeI
     `probe_windows` windows of `train` episodes. Phases with no window are left out.
 
     The probe needs several windows per feature: on cup-catch (small Dreamer-4, 1152
-    features) 1024 windows gave a held-out ball-velocity R² of 0.06, 6144 gave 0.49."""
+    features) 1024 windows gave a held-out ball x velocity R² of 0.24 after the start, 6144
+    gave 0.49."""
     context = context or model.max_context
     names = envs.make(task, obs="state").state_names()
     rng = np.random.default_rng(seed)
@@ -222,7 +223,7 @@ def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeI
         out.update({f"{phase}/probe_r2/{n}": v for n, v in zip(names, r2.tolist())})
         if policy is not None:
             taken = w.actions[:, last]
-            out[f"{phase}/bc_mse"] = (policy[:, : taken.shape[1]] - taken).pow(2).mean().item()
+            out[f"{phase}/bc_mse"] = (policy - taken).pow(2).mean().item()
             out[f"{phase}/bc_mse_mean_action"] = (mean_action - taken).pow(2).mean().item()
     return out
 
