@@ -29,7 +29,7 @@ from agents.policy import FeaturePolicyAgent
 from agents.offline import MOPOConfig, feature_transitions, mopo
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
-from replay.experts import expert_path, train_sac_expert
+from replay.experts import DEFAULT_EXPERT_DIR, expert_path, make_expert, train_sac_expert
 from uncertainty import MotionStats, StepSignal, world_model_quality
 from uncertainty.fidelity import fidelity_report, start_rollout_image, zero_action_starts
 from world_models.checkpoint import find_checkpoint, load_trainer_state
@@ -118,10 +118,12 @@ def make_actor_agent(model, learner: Learner, task: str, context: int) -> Featur
 
 
 def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, seed: int,
-                       batch: int = 32, out: Path | None = None) -> dict[str, float]:
+                       batch: int = 32, out: Path | None = None,
+                       expert_dir: str | Path = DEFAULT_EXPERT_DIR) -> dict[str, float]:
     """Held-out quality per task: recon PSNR, 8-step rollout gain, shuffle ratio and, where
-    states were recorded, the fidelity report and the zero-action start check (its picture,
-    real / reconstructed / imagined rows, to `<out>/<task>_zero_action_start.png`)."""
+    states were recorded, the fidelity report (the BC head against the task's expert too,
+    where one exists) and the zero-action start check (its picture, real / reconstructed /
+    imagined rows, to `<out>/<task>_zero_action_start.png`)."""
     rng = np.random.default_rng(seed)
     report = {}
     for task in tasks:
@@ -131,7 +133,9 @@ def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, s
                        f"{task}/action_shuffle_ratio": q.shuffle_ratio})
         tr = [e for e in train_eps if e.task == task]
         if store.load(held[0]).states is not None and tr:
-            report.update({f"{task}/{k}": v for k, v in fidelity_report(model, store, tr, held, task, seed=seed).items()})
+            report.update({f"{task}/{k}": v for k, v in
+                           fidelity_report(model, store, tr, held, task, seed=seed,
+                                           expert=task_expert(task, expert_dir)).items()})
             if envs.task_spec(task).domain != "metaworld":
                 starts = zero_action_starts(model, task, seed=10_000 + seed)
                 if out is not None:
@@ -143,9 +147,18 @@ def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, s
     return report
 
 
+def task_expert(task: str, expert_dir: str | Path = DEFAULT_EXPERT_DIR):
+    """The task's expert `state -> action`, or None where there is none (yet)."""
+    try:
+        return make_expert(task, expert_dir)()
+    except ValueError:
+        return None
+
+
 def train_world_model(name: str, preset: str, tasks: list[str], store: EpisodeStore, out: Path, *,
                       seed: int = 0, holdout: float = 0.1, weighting: str = "frame", overrides: dict | None = None,
-                      steps: dict | None = None, device: str = "cpu", progress: bool = True) -> dict[str, float]:
+                      steps: dict | None = None, device: str = "cpu", progress: bool = True,
+                      expert_dir: str | Path = DEFAULT_EXPERT_DIR) -> dict[str, float]:
     """Train (or resume) a pixel world model on the store's episodes of `tasks`, then write
     its held-out report to `<out>/quality.json` and return it."""
     torch.manual_seed(seed)
@@ -163,7 +176,7 @@ def train_world_model(name: str, preset: str, tasks: list[str], store: EpisodeSt
                       weighting=weighting, seed=seed, progress=progress)
     metrics = train(model, store, train_eps, out, cfg)
     report = {**{k: v for k, v in metrics.items() if k.endswith("/seconds")},
-              **world_model_report(model, store, train_eps, held_eps, tasks, seed, out=out)}
+              **world_model_report(model, store, train_eps, held_eps, tasks, seed, out=out, expert_dir=expert_dir)}
     write_json(out / "quality.json", report)
     return report
 
@@ -242,7 +255,8 @@ class MainJob:
             lambda: trained(self.run_dir / "checkpoint", len(probe.phases)),
             lambda: self._print_report(train_world_model(c.world_model, c.preset, [c.task], self.store, self.run_dir,
                                                          seed=c.seed, weighting=c.weighting, overrides=c.model,
-                                                         device=c.device, progress=c.progress))))
+                                                         device=c.device, progress=c.progress,
+                                                         expert_dir=c.expert_dir))))
         stages.append(Stage(
             "actor and critic", f"{'MOPO with ' if c.model_based else ''}{c.algo} on the model's features, "
                                 f"{c.learner_steps} gradient steps -> {self.learner_dir}",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import world_models
-from replay import EpisodeStore, collect
+from replay import EpisodeStore, collect, make_expert
 from uncertainty.fidelity import StateProbe, WindowSampler, foreground_mask, foreground_psnr, fidelity_report
 from world_models.training import TrainConfig, train
 
@@ -39,7 +39,7 @@ def report(expert_data, tmp_path_factory):
                      progress=False)
     train(model, train_store, train_store.episodes(), tmp_path_factory.mktemp("run"), tc)
     yield fidelity_report(model, train_store, train_store.episodes(), held.episodes(), "toy-reach",
-                          windows=256, horizon=4, start_steps=START)
+                          windows=256, horizon=4, start_steps=START, expert=make_expert("toy-reach")())
     torch.set_num_threads(before)
 
 
@@ -88,3 +88,10 @@ def test_metrics_see_the_rare_approach(report):
     assert report["start/reward_mae"] > 2 * report["rest/reward_mae"]
     assert report["start/rollout_fg_psnr"] < report["rest/rollout_fg_psnr"]  # and its rollouts lose the moving agent
     assert report["start/bc_mse"] > 2 * report["rest/bc_mse"]  # and its BC head misses the approach (0.15 vs 0.01)
+
+
+def test_the_expert_target_is_the_recorded_action_on_expert_data(report):
+    # the expert's action is read at the state the recorded action was taken in
+    for phase in ("start", "rest"):
+        assert report[f"{phase}/bc_mse_expert"] == pytest.approx(report[f"{phase}/bc_mse"], abs=1e-7)
+        assert report[f"{phase}/bc_mse_expert_mean_action"] == pytest.approx(report[f"{phase}/bc_mse_mean_action"], abs=1e-7)

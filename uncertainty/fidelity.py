@@ -17,6 +17,7 @@ frame comes before `start_steps`) and for the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -191,12 +192,18 @@ def rollout_report(model: WorldModel, w: Windows, context: int, task: str, seed:
 
 def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeInfo], held: list[EpisodeInfo],
                     task: str, *, windows: int = 128, probe_windows: int = 4096, horizon: int = 8,
-                    context: int | None = None, start_steps: int = 50, seed: int = 0) -> dict[str, float]:
+                    context: int | None = None, start_steps: int = 50, seed: int = 0,
+                    expert: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
     """Per phase (`start`, `rest`) of `held` episodes: recon / rollout PSNR and foreground
     PSNR, reward error, the state probe's R² per named state dimension
     (`<phase>/probe_r2/<name>`) and the BC head's action error (`bc_mse`) next to always
     taking the mean action (`bc_mse_mean_action`). The probe and the mean action come from
     `probe_windows` windows of `train` episodes. Phases with no window are left out.
+
+    With an `expert` (`state [S] -> action [A]`) the BC head is also scored against the
+    expert's action at the recorded state (`bc_mse_expert`, and `bc_mse_expert_mean_action`):
+    on data mixed from several behaviours the recorded action carries noise no model can
+    predict, and this error does not.
 
     The probe needs several windows per feature: on cup-catch (small Dreamer-4, 1152
     features) 1024 windows gave a held-out ball x velocity R² of 0.24 after the start, 6144
@@ -225,7 +232,20 @@ def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeI
             taken = w.actions[:, last]
             out[f"{phase}/bc_mse"] = (policy - taken).pow(2).mean().item()
             out[f"{phase}/bc_mse_mean_action"] = (mean_action - taken).pow(2).mean().item()
+            if expert is not None:
+                target = expert_actions(expert, w.states[:, last], taken.shape[-1])
+                out[f"{phase}/bc_mse_expert"] = (policy - target).pow(2).mean().item()
+                out[f"{phase}/bc_mse_expert_mean_action"] = (mean_action - target).pow(2).mean().item()
     return out
+
+
+def expert_actions(expert: Callable[[np.ndarray], np.ndarray], states: Tensor, width: int) -> Tensor:
+    """The expert's actions `[B, width]` (zero-padded) at `states [B, S]`."""
+    acts = torch.zeros(len(states), width)
+    for i, s in enumerate(states.numpy()):
+        a = torch.as_tensor(np.asarray(expert(s), dtype=np.float32))
+        acts[i, : len(a)] = a
+    return acts
 
 
 @dataclass
