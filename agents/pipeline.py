@@ -118,7 +118,7 @@ def make_actor_agent(model, learner: Learner, task: str, context: int) -> Featur
 
 
 def world_model_report(model, store: EpisodeStore, train_eps, held_eps, tasks, seed: int,
-                       batch: int = 32, out: Path | None = None,
+                       batch: int = 128, out: Path | None = None,
                        expert_dir: str | Path = DEFAULT_EXPERT_DIR) -> dict[str, float]:
     """Held-out quality per task: recon PSNR, 8-step rollout gain, shuffle ratio and, where
     states were recorded, the fidelity report (the BC head against the task's expert too,
