@@ -3,6 +3,7 @@ one dataset, over seeds, printed as one table (mean ± std of the final real ret
 
     python benchmarks/offline.py --task toy-reach --store runs/data --checkpoint <world model> [--seeds 3]
     python benchmarks/offline.py --task toy-reach --store runs/data --state   # the state ensemble
+    python benchmarks/offline.py ... --rows bc,iql,mopo                        # a subset of the rows
 
 Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
 mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, u_f or token_entropy for
@@ -26,6 +27,8 @@ from replay import EpisodeStore
 from uncertainty import MotionStats, StepSignal
 from world_models.imagined import StartWindows
 
+ROWS = ("bc", "cql", "iql", "td3+bc", "mopo")
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,9 +42,13 @@ def main() -> None:
     p.add_argument("--algo", default="sac", help="the learner MOPO trains")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", default=",".join(ROWS), help="the rows to run, comma-separated (mopo: λ = 0 and each signal)")
     args = p.parse_args()
     if args.state == bool(args.checkpoint):
         raise SystemExit("error: give --checkpoint (a pixel world model) or --state")
+    chosen = set(args.rows.split(","))
+    if not chosen <= set(ROWS):
+        raise SystemExit(f"error: unknown rows {sorted(chosen - set(ROWS))}; choose from {','.join(ROWS)}")
     torch.set_num_threads(args.threads)
     store = EpisodeStore(args.store)
     episodes = store.episodes(task=args.task)
@@ -71,9 +78,10 @@ def main() -> None:
         return (lambda s: ObservationPolicyAgent(act)) if args.state else \
             (lambda s: FeaturePolicyAgent(model, act, args.task, context=context))
 
-    rows = [("bc", "bc", False, None, 0.0), *[(a, a, False, None, 0.0) for a in ("cql", "iql", "td3+bc")],
-            (f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0),
-            *[(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals]]
+    rows = [(a, a, False, None, 0.0) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
+    if "mopo" in chosen:
+        rows += [(f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0),
+                 *[(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals]]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
           f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each")
     results = {}
@@ -91,6 +99,8 @@ def main() -> None:
         results[name] = returns
         print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f} ({(time.perf_counter() - t0) / 60:.1f} min)",
               flush=True)
+    if "mopo" not in chosen:
+        return
     best_penalised = max((np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo"))
     print(f"\ndataset mean {dataset:.1f}; best penalty: {best_penalised[1]} ({best_penalised[0]:.1f}) "
           f"vs λ = 0 ({np.mean(results[f'mopo-{args.algo} λ=0']):.1f})")
