@@ -4,9 +4,9 @@ embedding tell policies apart, and can an RL agent learn inside it?
 One module-scoped run collects expert, OU-noise and random episodes in the left half of
 the arena, trains the `tiny` preset (tokenizer, behaviour model, dynamics) on them and
 evaluates on held-out episodes of the same behaviours. Over the whole arena the same
-episodes are half as dense, and the model follows actions less (8-step gain +0.43 dB,
-shuffle ratio 1.39, against +1.76 dB and 1.90 on training windows here): too little for
-an agent to learn inside it (SAC 31.8 against random 31.6).
+episodes are half as dense, and the model follows actions less (held-out 8-step gain
++0.43 dB, shuffle ratio 1.39, against +1.16 dB and 1.56 here): too little for an agent to
+learn inside it (SAC 31.8 against random 31.6).
 """
 import numpy as np
 import pytest
@@ -95,13 +95,12 @@ def test_behavior_embedding_separates_expert_from_ou_noise(trained):
     assert accuracy >= 0.85
 
 
-
 def test_sac_trained_inside_the_model_beats_random_in_the_real_env(trained):
     # The model as a simulator: SB3's SAC learns only from imagined 10-step episodes that
     # start from real frames, then acts in the real env from the model's features of the
     # camera frames. Returns are 50 per-step rewards in [0, 1]; on these 16 starts random
-    # scores 33.4 and the state expert 49.4. When written: SAC 44.0 ± 5.6 (docs/offline.md
-    # has other seeds: 39.7 to 45.4).
+    # scores 33.4 and the state expert 49.4. When written: SAC 44.0 ± 5.6 (on 540 `mixed`
+    # left-half episodes, other model and SAC seeds gave 39.7 to 45.4: docs/offline.md).
     model, stores, *_ = trained
     model.eval()
     venv = ImaginedVecEnv(model, StartWindows(stores["train"], task="toy-reach"), num_envs=16, horizon=10, seed=0)
