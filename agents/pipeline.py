@@ -156,7 +156,8 @@ def task_expert(task: str, expert_dir: str | Path = DEFAULT_EXPERT_DIR):
 
 
 def train_world_model(name: str, preset: str, tasks: list[str], store: EpisodeStore, out: Path, *,
-                      seed: int = 0, holdout: float = 0.1, weighting: str = "frame", overrides: dict | None = None,
+                      seed: int = 0, holdout: float = 0.1, weighting: str = "frame", compile: str | None = None,
+                      overrides: dict | None = None,
                       steps: dict | None = None, device: str = "cpu", progress: bool = True,
                       expert_dir: str | Path = DEFAULT_EXPERT_DIR) -> dict[str, float]:
     """Train (or resume) a pixel world model on the store's episodes of `tasks`, then write
@@ -173,7 +174,7 @@ def train_world_model(name: str, preset: str, tasks: list[str], store: EpisodeSt
           f"{len(held_eps)} held-out episodes, " + ", ".join(f"{p} {phase_steps[p]} steps" for p in model.phases)
           + f" -> {out}")
     cfg = TrainConfig(steps=phase_steps, batch=mc.batch, seq_len=mc.seq_len, lr=mc.lr, weight_decay=mc.weight_decay,
-                      weighting=weighting, seed=seed, progress=progress)
+                      weighting=weighting, compile=compile, seed=seed, progress=progress)
     metrics = train(model, store, train_eps, out, cfg)
     report = {**{k: v for k, v in metrics.items() if k.endswith("/seconds")},
               **world_model_report(model, store, train_eps, held_eps, tasks, seed, out=out, expert_dir=expert_dir)}
@@ -197,6 +198,7 @@ class JobConfig:
     episode_steps: int | None = 100
     num_envs: int = 2
     weighting: str = "frame"
+    compile: str | None = None                      # a torch.compile backend for the world model's training
     model: dict = field(default_factory=dict)       # world-model config overrides
     algo: str = "td3+bc"
     learner_steps: int = 20_000
@@ -254,7 +256,8 @@ class MainJob:
                            f"steps) -> {self.run_dir}", train_min,
             lambda: trained(self.run_dir / "checkpoint", len(probe.phases)),
             lambda: self._print_report(train_world_model(c.world_model, c.preset, [c.task], self.store, self.run_dir,
-                                                         seed=c.seed, weighting=c.weighting, overrides=c.model,
+                                                         seed=c.seed, weighting=c.weighting, compile=c.compile,
+                                                         overrides=c.model,
                                                          device=c.device, progress=c.progress,
                                                          expert_dir=c.expert_dir))))
         stages.append(Stage(

@@ -118,7 +118,7 @@ def main(cfg: DictConfig) -> None:
           + ", ".join(f"{p} {steps[p]} steps" for p in phases) + (f" from {cfg.init}" if cfg.init else "")
           + f" -> {out}")
     train_cfg = TrainConfig(steps=steps, batch=mc.batch, seq_len=mc.seq_len, lr=mc.lr, weight_decay=mc.weight_decay,
-                            weighting=cfg.weighting, ckpt_every=cfg.ckpt_every, seed=cfg.seed, progress=cfg.progress)
+                            weighting=cfg.weighting, compile=cfg.compile, ckpt_every=cfg.ckpt_every, seed=cfg.seed, progress=cfg.progress)
     metrics = train(model, store, train_eps, out, train_cfg)
     say(f"{'phase time':<40}" + "  ".join(f"{p} {metrics.get(f'{p}/seconds', 0) / 60:.1f} min" for p in model.phases))
     if master:

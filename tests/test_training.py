@@ -138,3 +138,26 @@ def test_finetuning_an_unseen_task_grows_its_embedding_and_trains_only_the_chose
     assert kept and not changed & kept, sorted(changed & kept)  # the first phase was not trained
     assert any(id(p) in trained for n, p in grown.named_parameters() if n in changed)
     assert load_trainer_state(find_checkpoint(tmp_path / "checkpoint"))["phase"] == len(grown.phases)
+
+
+@pytest.mark.parametrize("name", ["dreamer4", "whale"])
+def test_compiled_training_steps_match_eager_ones(toy_store, tmp_path, name):
+    # dynamo's "eager" backend: the capture and guards of a real compile without minutes of
+    # code generation; the weights after a few steps of each phase must match eager training
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    trained = []
+    for compile in (None, "eager"):
+        torch.manual_seed(0)
+        model = world_models.make(name, "tiny")
+        steps = {p: 3 for p in model.phases}
+        train(model, toy_store, toy_store.episodes(), tmp_path / str(compile),
+              TrainConfig(steps=steps, batch=4, seq_len=4, compile=compile, progress=False))
+        trained.append(model)
+    assert counters["stats"]["unique_graphs"] > 0  # the compiled run did run compiled
+    eager, compiled = (dict(m.named_parameters()) for m in trained)
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert not any("forward" in vars(m) for m in trained[1].modules())  # eager again outside the steps

@@ -254,16 +254,51 @@ class SpaceTimeStack(nn.Module):
         return x, new_kv
 
 
+def allow_recompiles() -> None:
+    """Room in dynamo's cache for each shape family a module meets (batch 1 / N, empty /
+    cached past, with and without gradients)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 64)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 512)
+
+
+def outer_transformers(model: nn.Module) -> list[nn.Module]:
+    """The `Block`s and `SpaceTimeStack`s of `model` that are not inside another one."""
+    found, inside = [], set()
+    for module in model.modules():  # parents before children
+        if isinstance(module, (Block, SpaceTimeStack)) and id(module) not in inside:
+            found.append(module)
+            inside.update(id(m) for m in module.modules())
+    return found
+
+
+class CompiledForward:
+    """Inside `with self:` the modules' `forward` runs through `torch.compile`; outside it
+    they run eagerly, so that calls at other shapes (evaluation between training steps)
+    compile nothing. Each shape family compiles once, on its first call inside."""
+
+    def __init__(self, modules: list[nn.Module], backend: str = "inductor"):
+        allow_recompiles()
+        self.compiled = [(m, torch.compile(m.forward, backend=backend)) for m in modules]
+
+    def __enter__(self) -> "CompiledForward":
+        for module, forward in self.compiled:
+            module.forward = forward
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, _ in self.compiled:
+            del module.forward  # back to the class's eager forward
+
+
 def compile_transformers(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """`torch.compile` every `SpaceTimeStack` of `model` in place (dynamic shapes: the batch
     and the window length vary during a rollout) and return `model`. The first calls
     compile (half a minute to minutes on a CPU, once per process and shape family); it pays
     off over long planning runs (`benchmarks/planner_speed.py --compile`)."""
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    cfg.recompile_limit = max(cfg.recompile_limit, 64)  # batch 1 / N, empty / cached past, training
-    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 512)
+    allow_recompiles()
     for module in model.modules():
         if isinstance(module, SpaceTimeStack):
             module.compile(dynamic=True, backend=backend)
