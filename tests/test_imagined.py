@@ -1,4 +1,6 @@
 """Imagined environments: Gymnasium's checker, SB3's truncation conventions, penalties."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,10 @@ def test_imagined_env_passes_gymnasiums_checker(model, store):
 
 
 def test_vec_env_truncates_together_and_restarts(model, store):
-    venv = ImaginedVecEnv(model, StartWindows(store, task="toy-reach"), num_envs=3, horizon=4, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SB3 warns of a VecEnv without `render_mode`
+        venv = ImaginedVecEnv(model, StartWindows(store, task="toy-reach"), num_envs=3, horizon=4, seed=0)
+    assert venv.render_mode is None
     first = venv.reset()
     assert first.shape == (3, model.feature_dim) and first.dtype == np.float32
     for t in range(4):

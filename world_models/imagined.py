@@ -204,6 +204,8 @@ class ImaginedVecEnv(VecEnv):
     `reward_weight=0`.
     """
 
+    render_mode = None  # SB3 asks each sub-environment; imagined ones draw no window
+
     def __init__(self, model: Simulator, starts: StartWindows, *, num_envs: int = 16, horizon: int = 20,
                  signal: Signal | None = None, lam: float = 0.0, bonus: float = 0.0, reward_weight: float = 1.0,
                  obs: str = "features", seed: int = 0):
