@@ -36,14 +36,13 @@ from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, split_episodes, train
 
-# Minutes on this project's 2-core CPU (software GL; the Intel Xeon kind where machines
-# differ), measured with nothing else running (docs/cup_catch.md, the issue notes).
+# Minutes on this project's 2-core CPU (software GL), measured with nothing else running;
+# the same machine has run 1.5x slower at other hours (docs/cup_catch.md, the issue notes).
 MINUTES = {
     "expert_per_1k_steps": 0.20,        # SAC on dm_control states, one torch thread
     "collect_per_1k_frames": {"dmc": 0.45, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.31, "dynamics": 0.35}},
-    "compiled_train_s_per_step": {"small": {"tokenizer": 0.21, "dynamics": 0.20}},  # compiling included
+                         "small": {"tokenizer": 0.20, "dynamics": 0.21}},
     "world_model_report": {"small": 2.2},
     "features_per_1k_frames": 0.40,
     "learner_per_1k_steps": 0.55,
@@ -251,8 +250,7 @@ class MainJob:
                                   expert_dir=c.expert_dir, episode_steps=c.episode_steps,
                                   progress=c.progress).table())))
         probe = world_models.make(c.world_model, c.preset, **c.model)
-        per_step = MINUTES["compiled_train_s_per_step" if c.compile else "train_s_per_step"].get(
-            c.preset, MINUTES["train_s_per_step"].get(c.preset, {}))
+        per_step = MINUTES["train_s_per_step"].get(c.preset, {})
         train_min = (sum(n * per_step.get(p, 0) for p, n in probe.cfg.phase_steps.items()) / 60
                      + MINUTES["world_model_report"].get(c.preset, 0))
         stages.append(Stage(
