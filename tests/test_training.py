@@ -161,3 +161,6 @@ def test_compiled_training_steps_match_eager_ones(toy_store, tmp_path, name):
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert not any("forward" in vars(m) for m in trained[1].modules())  # eager again outside the steps
+    with pytest.raises(ValueError, match="unknown torch.compile backend 'bogus'"):
+        train(model, toy_store, toy_store.episodes(), tmp_path / "bogus",
+              TrainConfig(steps=steps, batch=4, seq_len=4, compile="bogus", progress=False))

@@ -81,6 +81,8 @@ def train(model: WorldModel, store: EpisodeStore, episodes: list[EpisodeInfo] | 
     if set(per_phase) != set(model.phases) or not all(per_phase.values()):
         raise ValueError(f"episodes must be one non-empty list, or a non-empty list for each phase of {model.phases}")
     check_frame_size(model, store, per_phase.values())
+    if cfg.compile and cfg.compile not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f"compile: unknown torch.compile backend {cfg.compile!r}; try inductor, or null for eager")
     from torch.utils.tensorboard import SummaryWriter
 
     rank = distributed.setup(model.device)
