@@ -1,7 +1,7 @@
 """Phase-by-phase training of any `WorldModel` from an `EpisodeStore`.
 
 AdamW per phase (only that phase's parameters train), bf16 autocast on CUDA, optionally
-`torch.compile`d transformer layers (1.4-1.6x faster steps on a 2-core CPU), a progress
+`torch.compile`d transformer layers (`TrainConfig.compile`; docs/cup_catch.md), a progress
 bar, TensorBoard logs (losses, metrics, image grids of real frames over model frames), and
 an atomic checkpoint every `ckpt_every` steps; a killed run resumes where it stopped. A
 non-finite loss or gradient stops the run (`FloatingPointError`) before it can reach a
