@@ -14,7 +14,7 @@ from uncertainty import check_signal, signal
 from world_models import Imagination, SimState, Simulator
 from world_models.imagined import ImaginedReward
 
-PRIORS = ("bc", "policy", "none")
+PRIORS = ("bc", "policy", "residual", "none")
 
 
 class MPCAgent(ContextAgent):
@@ -36,6 +36,12 @@ class MPCAgent(ContextAgent):
     the model's BC head, `"policy"` the given `policy` (features -> actions, e.g. the
     offline actor), `"none"` plans without one.
 
+    `"residual"` keeps the policy in the loop: a plan `[H, A]` is a correction δ added to
+    `policy(f_h)` at every step, both in imagination (the policy reads the imagined
+    features) and in the real env, where each executed action is `policy(f_t) + δ` of the
+    real frame even between replans. δ = 0 is the policy itself: it joins every iteration,
+    with `prior_samples - 1` noisy copies, and the warm start is the last plan's δ shifted.
+
     Args:
         model: any `Simulator` (a trained world model, or the `Oracle`).
         mpc: the planner loop; its CEM's action_dim must be the task's.
@@ -49,8 +55,9 @@ class MPCAgent(ContextAgent):
         seeds: samples per plan (`"u_s"` needs >= 2; rewards are averaged over them).
         motion: `MotionStats` or `RunningMotion` to normalise the signal by, or None.
         value: features `[N, F]` -> `[N]`, the terminal value, or None (reward only).
-        policy: features `[N, F]` -> actions `[N, A]`, for `prior="policy"`.
-        prior: `"bc"`, `"policy"` or `"none"`; `"bc"` falls back to none without a BC head.
+        policy: features `[N, F]` -> actions `[N, A]`, for `prior="policy"` or `"residual"`.
+        prior: `"bc"`, `"policy"`, `"residual"` or `"none"`; `"bc"` falls back to none
+            without a BC head.
         prior_samples: prior trajectories injected per iteration (0 disables the prior).
         prior_noise: std of the Gaussian perturbation of the extra prior trajectories.
         seed: seeds the prior noise and the model's sampling.
@@ -69,8 +76,11 @@ class MPCAgent(ContextAgent):
             check_signal(signal, model, seeds)
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
-        if prior == "policy" and policy is None:
-            raise ValueError("prior='policy' needs a policy (features -> actions)")
+        if prior in ("policy", "residual") and policy is None:
+            raise ValueError(f"prior={prior!r} needs a policy (features -> actions)")
+        if prior == "residual" and mpc.margin is not None:
+            raise ValueError("prior='residual' plans corrections to the policy: the margin's trust region "
+                             "(keep the prior's plan) does not apply; set margin to None")
         if earn is not None and earn.reward and not model.has_reward:
             raise ValueError(f"{model.name} has no reward head: give reward_weight=0 (with a value or a bonus)")
         if earn is None and value is None:
@@ -93,15 +103,21 @@ class MPCAgent(ContextAgent):
     @torch.no_grad()
     def act(self) -> np.ndarray:
         """The next action `[A]` for the current context."""
-        init_mean = prior = None
-        if self.mpc.needs_plan:
+        init_mean = prior = base = None
+        residual = self.prior == "residual"
+        if self.mpc.needs_plan or residual:
             obs, ctx_actions = self.context.tensors(self.model.device)
-            self.plan_start = self.model.start(obs, ctx_actions, task=self.task, seeds=self.seeds,
-                                               generator=self.generator)
-            if self.prior != "none" and self.prior_samples > 0:
-                init_mean, prior = self._prior(self.plan_start)
+            start = self.model.start(obs, ctx_actions, task=self.task, seeds=self.seeds, generator=self.generator)
+            if residual:
+                base = self.policy(start.features[:1])[0, : self.action_dim].cpu().float()
+            if self.mpc.needs_plan:
+                self.plan_start = start
+                if self.prior != "none" and self.prior_samples > 0:
+                    init_mean, prior = self._prior(start)
         action = self.mpc.act(lambda plans: self._score(self.plan_start, plans),
                               init_mean=init_mean, prior_samples=prior)
+        if residual:
+            action = (base + action.cpu()).clamp(self.mpc.planner.low, self.mpc.planner.high)
         return action.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
@@ -109,7 +125,8 @@ class MPCAgent(ContextAgent):
         """The decoded imagination `frames [1, H, 3, h, w]` of the last plan, from the
         state it was made in (for videos of real next to imagined)."""
         plan = self.mpc.last_plan.actions[None].to(self.model.device)
-        return self.model.rollout(self.plan_start.select(torch.zeros(1, dtype=torch.long)), plan, decode=True)
+        start = self.plan_start.select(torch.zeros(1, dtype=torch.long))
+        return self.model.rollout(start, self._actions(plan), horizon=self.horizon, decode=True)
 
     # ---- internals -------------------------------------------------------------------------
     def _score(self, start: SimState, plans: Tensor) -> Tensor:
@@ -117,7 +134,10 @@ class MPCAgent(ContextAgent):
         uses_signal = self.earn is not None and self.earn.uses_signal
         native = "flow_instability" if self.signal == "u_f" else self.signal
         signals = (native,) if uses_signal and native in self.model.native_signals else ()
-        im = self.model.rollout(start, plans.to(start.features.device), signals=signals)
+        plans = plans.to(start.features.device)
+        if self.prior == "residual":
+            start = start.select(torch.zeros(len(plans), dtype=torch.long, device=start.features.device))
+        im = self.model.rollout(start, self._actions(plans), horizon=self.horizon, signals=signals)
         weights = self.discount ** torch.arange(self.horizon, device=im.latents.device, dtype=torch.float32)
         score = torch.zeros(len(plans), device=im.latents.device)
         if self.earn is not None:
@@ -129,9 +149,26 @@ class MPCAgent(ContextAgent):
             score = score + self.discount ** self.horizon * self.value(im.features[:, -1]).to(score.device)
         return score.to(plans.device)
 
-    def _prior(self, start: SimState) -> tuple[Tensor, Tensor]:
-        """The prior's rollout `[H, A]` from `start` and `[prior_samples, H, A]` trajectories:
-        the rollout itself and noisy copies of it."""
+    def _actions(self, plans: Tensor) -> Tensor | Callable[[Tensor], Tensor]:
+        """What `rollout` executes for plans `[N, H, A]`: the plans themselves, or (residual)
+        a policy that adds step h's correction to the policy's action on the features."""
+        if self.prior != "residual":
+            return plans
+        h = iter(range(self.horizon))
+
+        def corrected(features: Tensor) -> Tensor:
+            base = self.policy(features)[:, : self.action_dim]
+            return (base + plans[:, next(h)].to(base)).clamp(self.mpc.planner.low, self.mpc.planner.high)
+        return corrected
+
+    def _prior(self, start: SimState) -> tuple[Tensor | None, Tensor]:
+        """The prior's warm start `[H, A]` (None: the shifted last plan) and
+        `[prior_samples, H, A]` trajectories: the prior itself and noisy copies of it.
+        A rolled-out prior is its imagined actions; the residual prior is δ = 0."""
+        if self.prior == "residual":
+            zero = torch.zeros(self.horizon, self.action_dim)
+            noise = torch.randn(self.prior_samples - 1, *zero.shape, generator=self.generator) * self.prior_noise
+            return None, torch.cat([zero[None], noise])
         im = self.model.rollout(start, None if self.prior == "bc" else self.policy, horizon=self.horizon)
         mean = im.actions[0, :, : self.action_dim].cpu().float()
         noise = torch.randn(self.prior_samples - 1, *mean.shape, generator=self.generator) * self.prior_noise

@@ -105,7 +105,7 @@ def make_mpc_agent(cfg, model, learner: Learner | None, action_dim: int, seed: i
     there is no learner). A pixel model's penalty is divided by the checkpoint's `motion`."""
     a = cfg.agent
     use_value = a.value and learner is not None and learner.has_critic
-    prior = a.prior if (a.prior != "policy" or learner is not None) else "bc"
+    prior = "bc" if a.prior in ("policy", "residual") and learner is None else a.prior
     return MPCAgent(model, make_planner(cfg.planner, action_dim, seed), cfg.task, context=context,
                     discount=a.discount, signal=a.penalty, lam=a.lam, seeds=a.seeds, motion=motion,
                     value=learner.state_value if use_value else None,

@@ -37,6 +37,38 @@ def test_oracle_mpc_reaches_the_goal():
     assert np.mean([r.success for r in results]) >= 0.9
 
 
+def sideways(states: torch.Tensor) -> torch.Tensor:
+    """A toy-reach policy on states `[N, 4]` that circles the goal: full speed at 90° to it."""
+    to_goal = states[:, 2:4] - states[:, :2]
+    return torch.stack([-to_goal[:, 1], to_goal[:, 0]], 1) / to_goal.norm(dim=1, keepdim=True).clamp(min=1e-6)
+
+
+def test_residual_planning_corrects_the_policy_in_closed_loop():
+    env = envs.make("toy-reach", obs="pixels", size=16, seed=0)
+    cem = CEM(2, horizon=4, population=64, elites=8, iterations=3, noise_beta=1.0, seed=0)
+    agent = MPCAgent(Oracle(env), MPC(cem, replan_every=2), "toy-reach", policy=sideways, prior="residual",
+                     prior_samples=4)
+    alone = MPCAgent(Oracle(env), MPC(CEM(2, horizon=1, population=1, elites=1, iterations=1, init_std=0.05,
+                                          min_std=0.05), replan_every=1), "toy-reach", policy=sideways,
+                     prior="residual", prior_samples=1, reward_weight=0.0, value=lambda f: torch.zeros(len(f)))
+    planned = [run_episode(env, agent, seed) for seed in range(6)]
+    assert np.mean([r.success for r in planned]) >= 5 / 6
+    assert not any(run_episode(env, alone, seed).success for seed in range(6))  # δ = 0: the policy circles
+    # between replans the executed action is the policy on the REAL state plus the plan's next δ
+    obs, _ = env.reset(seed=7)
+    agent.reset(obs)
+    agent.act()
+    obs, *_ = env.step(np.array([0.3, -0.2], np.float32))  # not what was planned: the state moves elsewhere
+    agent.observe(np.array([0.3, -0.2], np.float32), obs)
+    state = torch.as_tensor(env.state())[None]
+    expected = (sideways(state)[0] + agent.mpc.last_plan.actions[1]).clamp(-1, 1)
+    np.testing.assert_allclose(agent.act(), expected.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="needs a policy"):
+        MPCAgent(Oracle(env), MPC(CEM(2, 4)), "toy-reach", prior="residual")
+    with pytest.raises(ValueError, match="margin"):
+        MPCAgent(Oracle(env), MPC(CEM(2, 4), margin=1.0), "toy-reach", policy=sideways, prior="residual")
+
+
 def test_agent_rejects_a_signal_the_model_lacks():
     env = envs.make("toy-reach", size=16)
     with pytest.raises(ValueError, match="signal"):
