@@ -6,8 +6,10 @@ With `checkpoint=auto` it builds what is missing, each stage cached on disk and 
 with its cost on a 2-core CPU (`agents/pipeline.py`): a SAC expert (dm_control), data,
 the world model, then an actor and critic learned offline on the model's features. It
 then evaluates `eval_episodes` episodes per policy on the same start states:
-- mpc: CEM-MPC through the world model, scoring Σ γ^h r_h + γ^H Q(f_H, π(f_H)), warm-started
-  and seeded by the actor's imagined rollout;
+- mpc: CEM-MPC through the world model, scoring Σ γ^h r_h + γ^H Q(f_H, π(f_H)); by default
+  (`agent.prior=residual`) a plan is a correction to the actor, which keeps acting in closed
+  loop on the real frames (`agent.prior=policy`: plans of raw actions seeded by the actor's
+  imagined rollout);
 - actor: the offline actor alone, acting from the model's features of real frames;
 - bc: the world model's BC head; random: uniform actions;
 - with `oracle=true`, mpc-oracle: the same planner on the true simulator with a critic

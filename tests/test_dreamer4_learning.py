@@ -129,6 +129,8 @@ def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
     # the model's features of the covered episodes value each plan's end and seed the plans.
     # With a 2-step horizon the reward-only planner sees little of where a reach leads.
     # When written: value-guided 48.0, reward-only 43.0, the actor alone 47.8, random 32.7.
+    # The residual planner (the main job's default: corrections to the actor in closed loop)
+    # is held to the same bounds.
     model = trained.model
     real = feature_transitions(model, trained.stores["train"], trained.covered, "toy-reach", progress=False)
     torch.manual_seed(0)
@@ -136,21 +138,23 @@ def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
     mopo(None, learner, real, None, MOPOConfig(steps=2000, eval_every=2000), progress=False)
     env = envs.make("toy-reach", size=16, **LEFT)
 
-    def mpc(guided: bool) -> MPCAgent:
+    def mpc(prior: str) -> MPCAgent:
         cem = CEM(2, horizon=2, population=32, elites=6, iterations=2, init_std=0.5, noise_beta=1.0, seed=0)
         return MPCAgent(model, MPC(cem, replan_every=1), "toy-reach", context=2, discount=0.99,
-                        value=learner.state_value if guided else None, policy=learner.policy,
-                        prior="policy" if guided else "bc", prior_samples=4, seed=0)
+                        value=None if prior == "bc" else learner.state_value, policy=learner.policy,
+                        prior=prior, prior_samples=4, seed=0)
     seeds = range(100, 108)
     returns = {
-        "value-guided": [run_episode(env, mpc(True), s).episode_return for s in seeds],
-        "reward-only": [run_episode(env, mpc(False), s).episode_return for s in seeds],
+        "value-guided": [run_episode(env, mpc("policy"), s).episode_return for s in seeds],
+        "value-guided residual": [run_episode(env, mpc("residual"), s).episode_return for s in seeds],
+        "reward-only": [run_episode(env, mpc("bc"), s).episode_return for s in seeds],
         "actor": [run_episode(env, make_actor_agent(model, learner, "toy-reach", 2), s).episode_return for s in seeds],
         "random": [run_episode(env, RandomAgent(2, seed=s), s).episode_return for s in seeds],
     }
     print("toy-reach, 8 episodes: " + ", ".join(f"{k} {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in returns.items()))
-    guided, reward_only, rand = (np.mean(returns[k]) for k in ("value-guided", "reward-only", "random"))
-    assert guided > reward_only + 1 and guided > rand + 5, returns
+    reward_only, rand = np.mean(returns["reward-only"]), np.mean(returns["random"])
+    for name in ("value-guided", "value-guided residual"):
+        assert np.mean(returns[name]) > reward_only + 1 and np.mean(returns[name]) > rand + 5, (name, returns)
 
 
 def test_the_trained_model_estimates_policy_values_closer_than_an_untrained_one(trained, tmp_path):
