@@ -17,6 +17,8 @@ on them) at each `--substeps` count, with `--compile` also with its transformer 
 (`world_models.compile_transformers`), and the oracle (the true simulator replaying every
 candidate). Each plans with the value-guided planner: a critic values each plan's end and
 the actor seeds the plans (a fresh learner of the job's `algo` unless one is given).
+`ms / step` is the mean time of every `act()` over the timed decisions, planning or not
+(the residual prior runs the actor on each real frame between plans).
 Decisions of the rows are interleaved, so a drift in the machine's speed hits them alike.
 """
 import argparse
@@ -55,6 +57,7 @@ class Row:
     def __init__(self, name: str, agent, env, model):
         self.name, self.agent, self.env, self.model = name, agent, env, model
         self.seconds: list[float] = []
+        self.acting, self.steps = 0.0, 0  # every act() since the warm-up, planning or not
         obs, _ = env.reset(seed=0)
         agent.reset(obs)
 
@@ -65,6 +68,7 @@ class Row:
             t0 = time.perf_counter()
             action = self.agent.act()
             dt = time.perf_counter() - t0
+            self.acting, self.steps = self.acting + dt, self.steps + 1
             obs, *_ = self.env.step(action)
             self.agent.observe(action, obs)
             if plans:
@@ -148,25 +152,28 @@ def main() -> None:
     rate = [matmul_gflops()]
     for r in rows:
         r.decide()  # warm up: first calls allocate
+        r.acting, r.steps = 0.0, 0
     for _ in range(args.decisions):
         for r in rows:
             r.seconds.append(r.decide())
     rate.append(matmul_gflops())
     gflops = float(np.mean(rate))
     print(f"float32 matmul: {gflops:.0f} GFLOP/s (before {rate[0]:.0f}, after {rate[1]:.0f})")
-    print(f"{'row':<44}{'ms / decision':>14}{'IQR':>6}{'frames':>8}{'GFLOP/frame':>13}{'floor ms':>10}"
-          f"{'x floor':>9}{'x 1st floor':>13}{'executed GFLOP':>16}")
+    print(f"{'row':<44}{'ms / decision':>14}{'IQR':>6}{'ms / step':>10}{'frames':>8}{'GFLOP/frame':>13}"
+          f"{'floor ms':>10}{'x floor':>9}{'x 1st floor':>13}{'executed GFLOP':>16}")
     first_floor = None
     for r in rows:
         ms = 1e3 * np.array(r.seconds)
         q1, q3 = np.percentile(ms, [25, 75])
+        per_step = 1e3 * r.acting / r.steps
         if isinstance(r.model, Oracle):
-            print(f"{r.name:<44}{np.median(ms):>14.0f}{q3 - q1:>6.0f}")
+            print(f"{r.name:<44}{np.median(ms):>14.0f}{q3 - q1:>6.0f}{per_step:>10.0f}")
             continue
         frames, per_frame, executed = frames_and_flops(r)
         floor = 1e3 * frames * per_frame / (gflops * 1e9)
         first_floor = first_floor or floor
-        print(f"{r.name:<44}{np.median(ms):>14.0f}{q3 - q1:>6.0f}{frames:>8}{per_frame / 1e9:>13.4f}{floor:>10.0f}"
+        print(f"{r.name:<44}{np.median(ms):>14.0f}{q3 - q1:>6.0f}{per_step:>10.0f}{frames:>8}{per_frame / 1e9:>13.4f}"
+              f"{floor:>10.0f}"
               f"{np.median(ms) / floor:>9.2f}{np.median(ms) / first_floor:>13.2f}{executed / 1e9:>16.1f}")
 
 
