@@ -95,6 +95,8 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"policies: unknown {sorted(unknown)}; choose from {', '.join(POLICIES)}")
     if cfg.eval_episodes < 1:
         raise ValueError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
+    if cfg.eval_start < 0:
+        raise ValueError(f"eval_start must be >= 0, got {cfg.eval_start}")
     make_planner(cfg.planner, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out or f"runs/mpc/{cfg.task}/{cfg.seed}")
@@ -139,10 +141,10 @@ def main(cfg: DictConfig) -> None:
     rows, checks = [], []
     for name, build in policies.items():
         bar = tqdm(total=cfg.eval_episodes * spec.episode_length, desc=name, unit="step", disable=not cfg.progress)
-        for k in range(cfg.eval_episodes):
+        for k in range(cfg.eval_start, cfg.eval_start + cfg.eval_episodes):
             seed = 10_000 * (cfg.seed + 1) + k  # the same start states for every policy
             agent = build(env, seed)
-            track = ImaginedTrack(agent) if name == "mpc" and cfg.video and k < 3 else None
+            track = ImaginedTrack(agent) if name == "mpc" and cfg.video and k < cfg.eval_start + 3 else None
 
             def on_step(t, track=track):
                 bar.update(1)
@@ -172,7 +174,8 @@ def main(cfg: DictConfig) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, out / "metrics.csv")
-    print(f"\n{cfg.task}: {cfg.eval_episodes} episodes per policy (seed {cfg.seed})")
+    first = f", starts {cfg.eval_start}-{cfg.eval_start + cfg.eval_episodes - 1}" if cfg.eval_start else ""
+    print(f"\n{cfg.task}: {cfg.eval_episodes} episodes per policy (seed {cfg.seed}{first})")
     print(f"{'policy':<12}{'return (mean ± 95% CI)':>26}{'std':>8}{'success':>9}{'s / episode':>13}")
     for name in policies:
         r = [row for row in rows if row["policy"] == name]

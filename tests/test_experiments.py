@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("planner.elites=999", "elites"),
     ("planner.replan_every=0", "replan_every"),
     ("eval_episodes=0", "eval_episodes"),
+    ("eval_start=-1", "eval_start"),
     ("policies=[mpc,nope]", "policies"),
     ("device=tpu", "device"),
 ])
