@@ -130,7 +130,7 @@ def main(cfg: DictConfig) -> None:
             policies["bc"] = lambda env, s: BCAgent(model, cfg.task, spec.action_dim, context=context, seed=s)
     if cfg.world_model == "oracle" or cfg.oracle:
         value = state_learner(cfg, store, cfg.job.algo, cfg.job.learner_steps) if cfg.agent.value else None
-        prior = (cfg.agent.prior if cfg.agent.prior in ("policy", "residual") else "policy") if value is not None else "none"
+        prior = "none" if value is None else cfg.agent.prior if cfg.agent.prior in ("policy", "residual") else "policy"
         oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior": prior}})
         policies["mpc-oracle"] = lambda env, s: make_mpc_agent(oracle_cfg, Oracle(env), value, spec.action_dim, s, 1)
     if "random" in cfg.policies:
