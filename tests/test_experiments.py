@@ -103,11 +103,12 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
 def test_mpc_runs_the_main_job_end_to_end_on_a_toy_budget(tmp_path):
     # every stage at a token size: the point is the path through the script, including the
     # summary of 50-step episodes (too short for a Q error at γ = 0.99) and the margin line
+    # (the margin keeps a rolled-out prior's plan, so this run plans with agent.prior=policy)
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "mpc.py"), "task=toy-reach", "preset=tiny",
                           "job.behavior=random", "job.episodes=4", "job.episode_steps=null", "job.num_envs=1",
                           "+job.model.tok_steps=4", "+job.model.dyn_steps=4", "job.compile=eager", "job.learner_steps=20", "eval_episodes=1",
                           "policies=[mpc,actor,random]", "planner.population=8", "planner.elites=2",
-                          "planner.iterations=1", "planner.margin=0.5", "video=false", "progress=false",
+                          "planner.iterations=1", "planner.margin=0.5", "agent.prior=policy", "video=false", "progress=false",
                           f"store={tmp_path / 'data'}", f"out={tmp_path / 'out'}"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
