@@ -10,7 +10,7 @@ import torch
 
 import world_models
 from agents.learner import ALGOS, Learner
-from agents.offline import ModelBuffer, MOPOConfig, Transitions, feature_transitions, mopo
+from agents.offline import ModelBuffer, MOPOConfig, Transitions, episode_features, feature_transitions, mopo
 from replay import EpisodeStore, collect
 from world_models.checkpoint import save_checkpoint
 from world_models.imagined import StartWindows
@@ -88,6 +88,24 @@ def test_mopo_mixes_real_and_imagined_and_resumes(tmp_path):
     assert share == [0.25] * 6                                        # 4 real + 12 imagined each
     cfg_more = MOPOConfig(steps=8, batch=16, rollout_every=3, rollout_batch=4, horizon=2, eval_every=3)
     assert [e["step"] for e in mopo(model, learner, real, starts, cfg_more, evaluate=lambda l: {}, progress=False)] == [8]
+
+
+@pytest.mark.parametrize("name", ["dreamer4", "whale"])
+def test_episode_features_encode_each_frame_once_and_match_each_window_read_alone(name):
+    torch.manual_seed(0)
+    model = world_models.make(name, "tiny", tasks=("toy-reach",)).eval()
+    frames = torch.randint(0, 256, (13, 3, 16, 16), dtype=torch.uint8)
+    actions = torch.rand(12, 2) * 2 - 1
+    encode, encoded = model.encode, []
+    model.encode = lambda x: encoded.append(x.shape[1]) or encode(x)
+    feats = episode_features(model, frames, actions, "toy-reach", 4, batch=5)
+    del model.encode
+    assert sum(encoded) == 13                                        # each frame once
+    alone = torch.stack([model.features(frames[None, max(0, t - 3): t + 1], actions[None, max(0, t - 3): t] if t else None,
+                                        task="toy-reach")[0] for t in range(13)])
+    torch.testing.assert_close(feats, alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="encoded must be the latents"):
+        model.start(frames[None, :4], actions[None, :3], encoded=model.encode(frames[None, :2]))
 
 
 def test_offline_entry_point_rejects_bad_input_in_one_line(tmp_path):

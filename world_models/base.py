@@ -338,6 +338,17 @@ class WorldModel(Simulator, nn.Module):
         prev_mask[:, 0] = False
         return obs[:, -window:].to(self.device), prev * prev_mask, prev_mask, window
 
+    def context_latents(self, frames: Tensor, encoded: Tensor | None) -> Tensor:
+        """`encode` of a context's frames `[B, W, 3, H, W]` (from `start_context`), or the
+        last W steps of `encoded [B, T0, ...]`, the latents of the whole context computed
+        beforehand (windows of one episode share their frames' encodings)."""
+        if encoded is None:
+            return self.encode(frames)
+        B, W = frames.shape[:2]
+        if encoded.ndim < 3 or encoded.shape[0] != B or encoded.shape[1] < W:
+            raise ValueError(f"encoded must be the latents [B={B}, T0>={W}, ...] of obs, got {tuple(encoded.shape)}")
+        return encoded[:, -W:].to(self.device)
+
 
 def check_frames(obs: Tensor, size: int) -> Tensor:
     """Validate observations for `start`: `[B, 3, H, W]` or `[B, T0, 3, H, W]` (B, T0 >= 1,

@@ -97,7 +97,7 @@ class Dreamer4(WorldModel):
         frames = to_float_frames(batch["frames"].to(self.device))
         if frames.shape[1] < 2:
             raise ValueError("prediction_error needs sequences of at least 2 frames")
-        x = self.dynamics.pack(self.encode(frames))
+        x = self.dynamics.pack(self.context_latents(frames, encoded))
         prev, prev_mask = self._previous_actions(batch)
         B, T = x.shape[:2]
         cfg, dyn = self.cfg, self.dynamics
@@ -226,15 +226,16 @@ class Dreamer4(WorldModel):
     @torch.no_grad()
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
               seeds: int = 1, generator: torch.Generator | None = None, max_context: int | None = None,
-              cached: bool = True) -> Dreamer4State:
+              cached: bool = True, encoded: Tensor | None = None) -> Dreamer4State:
         """See `Simulator.start`. The context is cut to its last `max_context` frames (default
         `self.max_context`), the window the rollout keeps; `cached=False` recomputes the
-        window at every substep instead of caching its keys and values (the test reference)."""
+        window at every substep instead of caching its keys and values (the test reference);
+        `encoded`: `encode(obs)`, when already computed (`WorldModel.context_latents`)."""
         frames, prev, prev_mask, window = self.start_context(obs, context_actions, seeds, max_context)
         B = frames.shape[0]
         name = self.tasks[self.task_row(task)]
         rows = torch.full((B,), self.task_row(name), dtype=torch.long, device=self.device)
-        x = self.dynamics.pack(self.encode(frames))
+        x = self.dynamics.pack(self.context_latents(frames, encoded))
         past = RolloutWindow(self.dynamics, window, cached, reset_first=self.dynamics.without_action)
         h, past = past.appended(self._commit_tokens(x, prev, prev_mask, rows, generator))
         features = self._features(h[:, -1])

@@ -128,11 +128,11 @@ class Whale(WorldModel):
     @torch.no_grad()
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
               seeds: int = 1, generator: torch.Generator | None = None, max_context: int | None = None,
-              cached: bool = True, temperature: float | None = None) -> WhaleState:
+              cached: bool = True, temperature: float | None = None, encoded: Tensor | None = None) -> WhaleState:
         """See `Simulator.start`. WHALE extras: `temperature` of next-token sampling (default
         `cfg.temperature`; 0 = argmax); `max_context` frames are kept (default
         `self.max_context`); `cached=False` recomputes the window at every step (the test
-        reference)."""
+        reference); `encoded`: `encode(obs)`, when already computed (`WorldModel.context_latents`)."""
         frames, prev, prev_mask, window = self.start_context(obs, context_actions, seeds, max_context)
         temp = self.cfg.temperature if temperature is None else temperature
         if temp < 0:
@@ -141,7 +141,7 @@ class Whale(WorldModel):
         B = frames.shape[0]
         name = self.tasks[self.task_row(task)]
         rows = torch.full((B,), self.task_row(name), dtype=torch.long, device=self.device)
-        vectors = self.encode(frames)  # [B, W, N, D]
+        vectors = self.context_latents(frames, encoded)  # [B, W, N, D]
         z, beh = None, None
         if self.behavior is not None:
             beh = RolloutWindow(self.behavior.history, self.cfg.seq_len, cached, reset_first=self.behavior.without_action)
