@@ -97,7 +97,7 @@ class Dreamer4(WorldModel):
         frames = to_float_frames(batch["frames"].to(self.device))
         if frames.shape[1] < 2:
             raise ValueError("prediction_error needs sequences of at least 2 frames")
-        x = self.dynamics.pack(self.context_latents(frames, encoded))
+        x = self.dynamics.pack(self.encode(frames))
         prev, prev_mask = self._previous_actions(batch)
         B, T = x.shape[:2]
         cfg, dyn = self.cfg, self.dynamics
