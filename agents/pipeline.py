@@ -256,7 +256,7 @@ class MainJob:
         stages.append(Stage(
             "world model", f"train {c.world_model}/{c.preset} ({', '.join(f'{p} {n}' for p, n in probe.cfg.phase_steps.items())} "
                            f"steps) -> {self.run_dir}", train_min,
-            lambda: trained(self.run_dir / "checkpoint", len(probe.phases)),
+            lambda: trained(self.run_dir / "checkpoint", len(probe.phases)) and (self.run_dir / "quality.json").exists(),
             lambda: self._print_report(train_world_model(c.world_model, c.preset, [c.task], self.store, self.run_dir,
                                                          seed=c.seed, weighting=c.weighting, compile=c.compile,
                                                          overrides=c.model,

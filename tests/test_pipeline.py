@@ -1,6 +1,7 @@
 """The main job's stages end to end on toy-reach (no expert stage there): data, a tiny world
 model with its report and start picture, an actor and critic on its features; a rerun
-finds every stage cached, and the config's MPC agent plans with the results."""
+finds every stage cached (a world model that lost its report is reported again), and the
+config's MPC agent plans with the results."""
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ def test_stages_build_once_and_plan(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert job.build() == {}  # a rerun has nothing to do
     assert capsys.readouterr().out.count(" cached  ") == 3
+    (job.run_dir / "quality.json").unlink()  # a report that failed after training: the stage reports again
+    assert job.build().keys() == {"world model"} and (job.run_dir / "quality.json").exists()
 
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": "toy-reach", "planner": {"population": 8, "elites": 2,
                                                                                      "iterations": 1}})
