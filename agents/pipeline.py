@@ -44,8 +44,8 @@ MINUTES = {
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
                          "small": {"tokenizer": 0.20, "dynamics": 0.21}},
     "world_model_report": {"small": 2.2},
-    "features_per_1k_frames": 0.40,
-    "learner_per_1k_steps": 0.55,
+    "features_per_1k_frames": 0.07,    # each frame encoded once for all its context windows
+    "learner_per_1k_steps": 0.40,
 }
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed", "noise", "medium", "medium-replay")
 
