@@ -34,8 +34,6 @@ FINETUNE = {"tokenizer": 200, "dynamics": 200}
 
 @pytest.fixture(scope="module")
 def gap(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("curiosity")
     train_store, right = EpisodeStore(root / "train"), EpisodeStore(root / "right")
     collect("toy-reach", "mixed", train_store, 300, size=16, seed=0, progress=False, **LEFT)
@@ -44,9 +42,8 @@ def gap(tmp_path_factory):
     model = world_models.make("dreamer4", "tiny")
     train(model, train_store, train_store.episodes(), root / "run",
           TrainConfig.for_model(model, {"tokenizer": 900, "dynamics": 550}, progress=False))
-    yield SimpleNamespace(root=root, checkpoint=root / "run" / "checkpoint", model=model.eval(),
-                          held=right.sample(128, 9, rng=np.random.default_rng(1)))
-    torch.set_num_threads(before)
+    return SimpleNamespace(root=root, checkpoint=root / "run" / "checkpoint", model=model.eval(),
+                           held=right.sample(128, 9, rng=np.random.default_rng(1)))
 
 
 def right_half(store: EpisodeStore) -> tuple[float, int]:

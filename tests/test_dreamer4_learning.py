@@ -33,8 +33,6 @@ RIGHT = dict(start_box=((0.1, -0.8), (0.8, 0.8)), goal_box=((0.1, -0.8), (0.8, 0
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("learning")
     stores = {name: EpisodeStore(root / name) for name in ("train", "left", "right")}
     collect("toy-reach", "mixed", stores["train"].root, 540, size=16, seed=0, progress=False, **LEFT)
@@ -53,8 +51,7 @@ def trained(tmp_path_factory):
                     root / "run", TrainConfig(steps=cfg.phase_steps, batch=cfg.batch, seq_len=cfg.seq_len,
                                               lr=cfg.lr, progress=False))
     seconds = {phase: metrics[f"{phase}/seconds"] for phase in model.phases}
-    yield SimpleNamespace(model=model, held=held, untrained=untrained, stores=stores, covered=covered, seconds=seconds)
-    torch.set_num_threads(before)
+    return SimpleNamespace(model=model, held=held, untrained=untrained, stores=stores, covered=covered, seconds=seconds)
 
 
 def test_tiny_model_learns_toy_reach(trained):

@@ -28,8 +28,6 @@ def expert_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(expert_data, tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
     train_store, held = expert_data
     torch.manual_seed(0)
     model = world_models.make("dreamer4", "tiny")
@@ -38,9 +36,8 @@ def report(expert_data, tmp_path_factory):
     tc = TrainConfig(steps={"tokenizer": 900, "dynamics": 550}, batch=cfg.batch, seq_len=cfg.seq_len, lr=cfg.lr,
                      progress=False)
     train(model, train_store, train_store.episodes(), tmp_path_factory.mktemp("run"), tc)
-    yield fidelity_report(model, train_store, train_store.episodes(), held.episodes(), "toy-reach",
-                          windows=256, horizon=4, start_steps=START, expert=make_expert("toy-reach")())
-    torch.set_num_threads(before)
+    return fidelity_report(model, train_store, train_store.episodes(), held.episodes(), "toy-reach",
+                           windows=256, horizon=4, start_steps=START, expert=make_expert("toy-reach")())
 
 
 def test_foreground_psnr_sees_a_vanished_object():

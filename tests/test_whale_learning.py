@@ -30,6 +30,8 @@ LEFT = dict(start_box=((-0.8, -0.8), (-0.1, 0.8)), goal_box=((-0.8, -0.8), (-0.1
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    # two threads, as the assertions were measured: WHALE's training is not bitwise the same
+    # on one (Dreamer-4's is, so its modules run on conftest's one thread)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("whale")
