@@ -54,8 +54,8 @@ def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
 class Row:
     """One planner on its own env, stepped a decision at a time."""
 
-    def __init__(self, name: str, agent, env, model):
-        self.name, self.agent, self.env, self.model = name, agent, env, model
+    def __init__(self, name: str, agent, env, model, context: int):
+        self.name, self.agent, self.env, self.model, self.context = name, agent, env, model, context
         self.seconds: list[float] = []
         self.acting, self.steps = 0.0, 0  # every act() since the warm-up, planning or not
         obs, _ = env.reset(seed=0)
@@ -134,7 +134,7 @@ def main() -> None:
     def row(name, planner_model, planner_learner, ctx, env=None):
         env = env or envs.make(args.task, obs="pixels", size=model.cfg.image_size, seed=0)
         agent = make_mpc_agent(cfg, planner_model, planner_learner, spec.action_dim, 0, ctx)
-        return Row(name, agent, env, planner_model)
+        return Row(name, agent, env, planner_model, ctx)
 
     rows = []
     for substeps in args.substeps or [model.cfg.sample_steps]:
@@ -150,8 +150,9 @@ def main() -> None:
     rows.append(row("oracle", oracle, Learner(cfg.job.algo, oracle.feature_dim, spec.action_dim), 1, env))
 
     rate = [matmul_gflops()]
-    for r in rows:
-        r.decide()  # warm up: first calls allocate
+    for r in rows:  # warm up until the context is full: first calls allocate, and a compiled
+        while r.steps <= r.context:  # model compiles once for each context length
+            r.decide()
         r.acting, r.steps = 0.0, 0
     for _ in range(args.decisions):
         for r in rows:
