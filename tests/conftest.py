@@ -17,10 +17,13 @@ def rng():
     return np.random.default_rng(0)
 
 
-# The modules that train models for minutes, longest first. Under `pytest -n 2 --dist
-# loadfile` each worker starts with two of them and the short modules fill in after, so
-# the workers finish together instead of one waiting on a late long module.
-LONG_FIRST = ("test_dreamer4_learning.py", "test_whale_learning.py", "test_curiosity.py", "test_fidelity.py")
+# The modules that take longest, longest first (the four that train models for minutes,
+# then those over 20 s). Under `pytest -n 2 --dist loadfile` each worker starts with two of
+# the first four and the short modules fill in last, so the workers finish together
+# instead of one waiting on a late long module.
+LONG_FIRST = ("test_dreamer4_learning.py", "test_whale_learning.py", "test_curiosity.py", "test_fidelity.py",
+              "test_experiments.py", "test_training.py", "test_distributed.py", "test_envs.py", "test_ensemble.py",
+              "test_offline_learning.py", "test_collect.py", "test_step_api.py", "test_pipeline.py")
 
 
 def pytest_collection_modifyitems(items):
