@@ -1,11 +1,16 @@
-"""Run an agent for whole episodes."""
+"""Run an agent for whole episodes, in this process or spread over worker processes."""
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
+import torch
 from scipy import stats
 
 
@@ -70,3 +75,80 @@ def interval(values) -> float:
     values = np.asarray(values, dtype=float)
     n = len(values)
     return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    """Episode `index` of `policy`, played from `reset(seed=seed)`."""
+    policy: str
+    index: int
+    seed: int
+
+
+Tick = Callable[[str], None]                             # called with the policy's name after each step
+RunnerFactory = Callable[..., Callable[[EpisodeJob], object]]  # factory(tick=...) -> runner
+
+_runner: Callable[[EpisodeJob], object] | None = None  # the worker process's runner
+
+
+def _start_worker(factory: RunnerFactory, ticks, threads: int) -> None:
+    global _runner
+    torch.set_num_threads(threads)
+    _runner = factory(tick=ticks.put)
+
+
+def _run_in_worker(job: EpisodeJob) -> object:
+    return _runner(job)
+
+
+def cpu_workers() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_jobs(jobs: Sequence[EpisodeJob], factory: RunnerFactory, workers: int = 1, tick: Tick | None = None,
+             on_done: Callable[[EpisodeJob, object], None] | None = None) -> list:
+    """Each job's result, in the order of `jobs`. `factory(tick=tick)` builds a runner (a callable
+    job -> result) once per process: here when `workers` is 1, else in each of `workers`
+    spawned processes with an equal share of the CPU cores, which take the jobs in order (put
+    the longest first). `factory` and the results must pickle. `tick(policy)` runs here after
+    every step of every job, `on_done(job, result)` after each job."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    tick = tick or (lambda policy: None)
+    if workers == 1:
+        runner, results = factory(tick=tick), []
+        for job in jobs:
+            results.append(runner(job))
+            if on_done is not None:
+                on_done(job, results[-1])
+        return results
+    context = multiprocessing.get_context("spawn")  # forking a process that ran OpenMP or EGL is unsafe
+    ticks = context.Queue()
+    threads = max(1, cpu_workers() // workers)
+    results: list = [None] * len(jobs)
+
+    def drain() -> None:
+        while True:
+            try:
+                tick(ticks.get_nowait())
+            except queue.Empty:
+                return
+
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(factory, ticks, threads))
+    try:
+        index = {pool.submit(_run_in_worker, job): i for i, job in enumerate(jobs)}
+        pending = set(index)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            drain()
+            for future in sorted(done, key=index.get):
+                i = index[future]
+                results[i] = future.result()  # a worker's exception is raised here
+                if on_done is not None:
+                    on_done(jobs[i], results[i])
+        drain()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results

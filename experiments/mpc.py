@@ -14,16 +14,17 @@ then evaluates `eval_episodes` episodes per policy on the same start states:
 - bc: the world model's BC head; random: uniform actions;
 - with `oracle=true`, mpc-oracle: the same planner on the true simulator with a critic
   learned offline on the recorded states (the ceiling).
-It prints means with 95% intervals and how far the critic can be trusted (its error on the
+The episodes run in `eval_workers` processes (default: one per CPU core). It prints
+means with 95% intervals and how far the critic can be trusted (its error on the
 actor's own episodes, and how much H imagined steps move its value: `agents/value_check.py`),
 and writes TensorBoard logs, `metrics.csv`, `value_check.json` and, for the first MPC
 episodes, videos of the real frames beside what the model imagined for its plans.
 """
 import csv
+import functools
 import os
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 from cli import entry_point, load_model, resolve_device
@@ -33,25 +34,24 @@ from tqdm.auto import tqdm
 
 import envs
 import world_models
-from agents import BCAgent, MPCAgent, RandomAgent
-from agents.evaluate import interval, run_episode
+from agents.evaluate import EpisodeJob, cpu_workers, interval, run_jobs
+from agents.job_episodes import EpisodeOutcome, JobEpisodes, policy_names
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, mopo
-from agents.pipeline import JobConfig, MainJob, make_actor_agent, make_mpc_agent, make_planner, write_json
-from agents.value_check import summarize, value_check
+from agents.pipeline import JobConfig, MainJob, make_planner, write_json
+from agents.value_check import summarize
 from replay import EpisodeStore
-from uncertainty import MotionStats
 from world_models.checkpoint import hold_lock
-from world_models.oracle import Oracle
 
 POLICIES = ("mpc", "actor", "bc", "random")
 
 
-def state_learner(cfg: DictConfig, store: EpisodeStore, algo: str, steps: int) -> Learner:
-    """An actor and critic learned offline on the recorded states (the oracle's value)."""
+def state_learner(cfg: DictConfig, store: EpisodeStore, algo: str, steps: int) -> Path:
+    """The folder of an actor and critic learned offline on the recorded states (the
+    oracle's value), trained here when it is not there yet."""
     folder = Path(f"runs/offline/{cfg.task}/{algo}-states/{cfg.seed}/learner")
     if (folder / "learner.json").exists():
-        return Learner.load(folder)
+        return folder
     spec = envs.task_spec(cfg.task)
     state_model = world_models.make("ensemble", "tiny", tasks=(cfg.task,))  # its features are the states
     real = feature_transitions(state_model, store, store.episodes(task=cfg.task), cfg.task, progress=cfg.progress)
@@ -59,31 +59,17 @@ def state_learner(cfg: DictConfig, store: EpisodeStore, algo: str, steps: int) -
     print(f"training {algo} on {len(real)} recorded state transitions for the oracle's value")
     mopo(None, learner, real, None, MOPOConfig(steps=steps, seed=cfg.seed), progress=cfg.progress)
     learner.save(folder)
-    return learner
+    return folder
 
 
-class ImaginedTrack:
-    """`on_step` hook: after each step, the frame the model imagined for that step under
-    the plan being executed (each new plan is imagined once, decoded)."""
-
-    def __init__(self, agent: MPCAgent):
-        self.agent, self.frames, self._plan, self._imagined, self._start = agent, [], None, None, 0
-
-    def __call__(self, t: int) -> None:
-        if self.agent.mpc.last_plan is not self._plan:  # this step's action opened a new plan
-            self._plan, self._start = self.agent.mpc.last_plan, t
-            self._imagined = self.agent.imagine_last_plan().frames[0]
-        k = min(t - self._start, len(self._imagined) - 1)
-        self.frames.append((self._imagined[k].clamp(0, 1) * 255).byte().cpu().numpy())
-
-
-def write_video(path: Path, real: list[np.ndarray], imagined: list[np.ndarray], fps: int = 20) -> None:
-    """mp4 of real (left) and imagined (right) frames `[3, h, w]`, written atomically."""
-    tmp = path.with_name(path.stem + ".tmp.mp4")
-    rows = [np.concatenate([r, i], axis=2).transpose(1, 2, 0) for r, i in zip(real, imagined)]
-    rows = [np.kron(f, np.ones((4, 4, 1), np.uint8)) for f in rows]  # 4x upscale for viewing
-    imageio.mimwrite(tmp, rows, fps=fps, macro_block_size=1)
-    os.replace(tmp, path)
+def eval_workers(value, device: torch.device, jobs: int) -> int:
+    """`auto`: one process per CPU core (each on one thread; planning on two cores this way
+    beats one process on two threads), or one on a GPU."""
+    if value == "auto":
+        return 1 if device.type == "cuda" else max(1, min(cpu_workers(), jobs))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"eval_workers must be auto or an integer >= 1, got {value!r}")
+    return value
 
 
 @entry_point("mpc", schemas={"job": JobConfig})
@@ -97,14 +83,14 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
     if cfg.eval_start < 0:
         raise ValueError(f"eval_start must be >= 0, got {cfg.eval_start}")
-    make_planner(cfg.planner, spec.action_dim, cfg.seed)  # a bad planner value fails now, not after training
+    eval_workers(cfg.eval_workers, device, 1)  # a bad value fails now, not after training
+    make_planner(cfg.planner, spec.action_dim, cfg.seed)  # likewise a bad planner value
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out or f"runs/mpc/{cfg.task}/{cfg.seed}")
     hold_lock(out)
     OmegaConf.save(cfg, out / "config.yaml")
     store = EpisodeStore(cfg.store)
-    policies: dict[str, callable] = {}
-    size, model, learner = 64, None, None
+    checkpoint = learner = oracle_value = model = None
     if cfg.world_model != "oracle":
         job = MainJob(JobConfig(task=cfg.task, world_model=cfg.world_model, preset=cfg.preset, seed=cfg.seed,
                                 store=cfg.store, expert_dir=cfg.expert_dir, device=str(device), progress=cfg.progress,
@@ -113,61 +99,39 @@ def main(cfg: DictConfig) -> None:
             job.build()
         checkpoint, model = load_model(job.checkpoint() if cfg.checkpoint == "auto" else cfg.checkpoint, cfg.task,
                                        device, **cfg.sampling)
-        if cfg.compile:
-            world_models.compile_transformers(model)
         if cfg.learner == "auto":
-            learner = Learner.load(job.learner_dir) if (job.learner_dir / "learner.json").exists() else None
+            learner = job.learner_dir if (job.learner_dir / "learner.json").exists() else None
         elif cfg.learner != "none":
-            learner = Learner.load(cfg.learner)
-        size = model.cfg.image_size
-        context = cfg.agent.context or model.max_context
-        motion = MotionStats.load(checkpoint, cfg.task) if cfg.agent.penalty and cfg.agent.lam else None
-        if "mpc" in cfg.policies:
-            policies["mpc"] = lambda env, s: make_mpc_agent(cfg, model, learner, spec.action_dim, s, context, motion)
-        if "actor" in cfg.policies and learner is not None:
-            policies["actor"] = lambda env, s: make_actor_agent(model, learner, cfg.task, context)
-        if "bc" in cfg.policies and model.has_policy:
-            policies["bc"] = lambda env, s: BCAgent(model, cfg.task, spec.action_dim, context=context, seed=s)
-    if cfg.world_model == "oracle" or cfg.oracle:
-        value = state_learner(cfg, store, cfg.job.algo, cfg.job.learner_steps) if cfg.agent.value else None
-        prior = "none" if value is None else cfg.agent.prior if cfg.agent.prior in ("policy", "residual") else "policy"
-        oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior": prior}})
-        policies["mpc-oracle"] = lambda env, s: make_mpc_agent(oracle_cfg, Oracle(env), value, spec.action_dim, s, 1)
-    if "random" in cfg.policies:
-        policies["random"] = lambda env, s: RandomAgent(spec.action_dim, seed=s)
+            learner = Path(cfg.learner)
+            Learner.load(learner)  # a bad folder fails here, in one line
+    if (cfg.world_model == "oracle" or cfg.oracle) and cfg.agent.value:
+        oracle_value = state_learner(cfg, store, cfg.job.algo, cfg.job.learner_steps)
+    names = policy_names(cfg, model, learner is not None)
+    del model  # each process that plays episodes loads its own
 
-    env = envs.make(cfg.task, obs="pixels", size=size, seed=cfg.seed)
+    jobs = [EpisodeJob(name, k, seed=10_000 * (cfg.seed + 1) + k)  # the same start states for every policy
+            for name in names for k in range(cfg.eval_start, cfg.eval_start + cfg.eval_episodes)]
+    workers = eval_workers(cfg.eval_workers, device, len(jobs))
+    print(f"\nevaluating {', '.join(names)}: {cfg.eval_episodes} episodes each, "
+          + ("in this process" if workers == 1 else
+             f"in {workers} worker processes ({max(1, cpu_workers() // workers)} thread(s) each)"), flush=True)
+    runner = functools.partial(JobEpisodes, OmegaConf.to_container(cfg, resolve=True),
+                               None if checkpoint is None else str(checkpoint),
+                               None if learner is None else str(learner),
+                               None if oracle_value is None else str(oracle_value), out=str(out))
     writer = SummaryWriter(str(out / "tb"))
-    rows, checks = [], []
-    for name, build in policies.items():
-        bar = tqdm(total=cfg.eval_episodes * spec.episode_length, desc=name, unit="step", disable=not cfg.progress)
-        for k in range(cfg.eval_start, cfg.eval_start + cfg.eval_episodes):
-            seed = 10_000 * (cfg.seed + 1) + k  # the same start states for every policy
-            agent = build(env, seed)
-            track = ImaginedTrack(agent) if name == "mpc" and cfg.video and k < cfg.eval_start + 3 else None
+    bars = {name: tqdm(total=cfg.eval_episodes * spec.episode_length, desc=name, unit="step", position=i,
+                       disable=not cfg.progress) for i, name in enumerate(names)}
 
-            def on_step(t, track=track):
-                bar.update(1)
-                if track is not None:
-                    track(t)
-            check = name == "actor" and learner.has_critic
-            result = run_episode(env, agent, seed, keep_frames=track is not None or check, on_step=on_step)
-            if check:
-                checks.append(value_check(model, learner, torch.from_numpy(np.stack(result.frames)),
-                                          torch.from_numpy(np.stack(result.actions)), np.array(result.rewards),
-                                          cfg.task, gamma=cfg.agent.discount, context=context,
-                                          horizon=cfg.planner.horizon))
-            rows.append({"policy": name, "episode": k, "seed": seed, "return": round(result.episode_return, 3),
-                         "success": "" if result.success is None else int(result.success),
-                         "steps": result.steps, "seconds": round(result.seconds, 1),
-                         "prior_kept": round(agent.mpc.prior_kept / agent.mpc.plans, 3)
-                         if isinstance(agent, MPCAgent) and agent.mpc.margin is not None and agent.mpc.plans else ""})
-            writer.add_scalar(f"return/{name}", result.episode_return, k)
-            bar.set_postfix(ret=f"{result.episode_return:.1f}")
-            if track is not None:
-                write_video(out / f"mpc_episode{k}.mp4", result.frames[1:], track.frames)
+    def on_done(job: EpisodeJob, outcome: EpisodeOutcome) -> None:
+        writer.add_scalar(f"return/{job.policy}", outcome.row["return"], job.index)
+        bars[job.policy].set_postfix(ret=f"{outcome.row['return']:.1f}")
+    outcomes = run_jobs(jobs, runner, workers, tick=lambda name: bars[name].update(1), on_done=on_done)
+    for bar in bars.values():
         bar.close()
     writer.close()
+    rows = [o.row for o in outcomes]
+    checks = [o.check for o in outcomes if o.check is not None]
     tmp = out / "metrics.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -177,7 +141,7 @@ def main(cfg: DictConfig) -> None:
     first = f", starts {cfg.eval_start}-{cfg.eval_start + cfg.eval_episodes - 1}" if cfg.eval_start else ""
     print(f"\n{cfg.task}: {cfg.eval_episodes} episodes per policy (seed {cfg.seed}{first})")
     print(f"{'policy':<12}{'return (mean ± 95% CI)':>26}{'std':>8}{'success':>9}{'s / episode':>13}")
-    for name in policies:
+    for name in names:
         r = [row for row in rows if row["policy"] == name]
         ret = np.array([row["return"] for row in r])
         succ = [row["success"] for row in r if row["success"] != ""]
