@@ -129,7 +129,7 @@ class JobEpisodes:
 
     def __call__(self, job: EpisodeJob) -> EpisodeOutcome:
         cfg, name = self.cfg, job.policy
-        torch.manual_seed(job.seed)  # an episode's result does not depend on which process ran what before it
+        torch.manual_seed(job.seed)  # draws from the global generator (WHALE's behaviour codes) do not depend on the process
         agent = self.policies[name](job.seed)
         video = name == "mpc" and cfg.video and job.index < cfg.eval_start + VIDEO_EPISODES
         track = ImaginedTrack(agent) if video else None

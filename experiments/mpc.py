@@ -126,7 +126,11 @@ def main(cfg: DictConfig) -> None:
     def on_done(job: EpisodeJob, outcome: EpisodeOutcome) -> None:
         writer.add_scalar(f"return/{job.policy}", outcome.row["return"], job.index)
         bars[job.policy].set_postfix(ret=f"{outcome.row['return']:.1f}")
-    outcomes = run_jobs(jobs, runner, workers, tick=lambda name: bars[name].update(1), on_done=on_done)
+    def tick(name: str) -> None:
+        if bars[name].n == 0:
+            bars[name].reset()  # its clock starts with its first step, not with the evaluation
+        bars[name].update(1)
+    outcomes = run_jobs(jobs, runner, workers, tick=tick, on_done=on_done)
     for bar in bars.values():
         bar.close()
     writer.close()

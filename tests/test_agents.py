@@ -1,4 +1,6 @@
 """MPC agent with the oracle (exact simulator) and the oracle's contract."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,36 @@ def test_value_check_pairs_values_with_returns_and_imagined_values():
     s = summarize(checks)
     assert s["q_mae"] == pytest.approx(np.abs(c["q"] - c["returns"]).mean())
     assert s["imagined_v_gap"] > 0  # an untrained model's imagination moves the value
+
+
+def test_the_main_jobs_episodes_give_the_same_rows_in_worker_processes(tmp_path):
+    from omegaconf import OmegaConf
+
+    import world_models
+    from agents.evaluate import EpisodeJob, run_jobs
+    from agents.job_episodes import JobEpisodes
+    from agents.learner import Learner
+    from world_models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = world_models.make("dreamer4", "tiny")
+    save_checkpoint(tmp_path / "ckpt", model, scene_motion={"toy-reach": 1.0})
+    Learner("td3+bc", model.feature_dim, 2).save(tmp_path / "learner")
+    cfg = OmegaConf.load("experiments/configs/mpc.yaml")
+    cfg.merge_with({"task": "toy-reach", "compile": False, "video": False, "policies": ["mpc", "actor", "random"],
+                    "planner": {"population": 8, "elites": 2, "iterations": 1}})
+    runner = functools.partial(JobEpisodes, OmegaConf.to_container(cfg), str(tmp_path / "ckpt"),
+                               str(tmp_path / "learner"), out=str(tmp_path))
+    jobs = [EpisodeJob(name, k, seed=100 + k) for name in ("mpc", "actor", "random") for k in range(2)]
+    steps = {"here": [], "workers": []}
+    here = run_jobs(jobs, runner, workers=1, tick=steps["here"].append)
+    spread = run_jobs(jobs, runner, workers=2, tick=steps["workers"].append)
+    assert [o.row["return"] for o in here] == [o.row["return"] for o in spread]
+    assert [o.check is not None for o in spread] == [j.policy == "actor" for j in jobs]  # the critic's check
+    assert [(o.row["policy"], o.row["episode"]) for o in spread] == [(j.policy, j.index) for j in jobs]
+    assert len(steps["here"]) == len(steps["workers"]) == sum(o.row["steps"] for o in here)
+    env = envs.make("toy-reach", size=16, seed=0)  # random episodes skip rendering: the same episodes with frames
+    assert [o.row["return"] for o in here[4:]] == [
+        round(run_episode(env, RandomAgent(2, seed=j.seed), j.seed).episode_return, 3) for j in jobs[4:]]
+    with pytest.raises(KeyError, match="nope"):  # a worker's error reaches the caller
+        run_jobs([EpisodeJob("nope", 0, seed=0)], runner, workers=2)

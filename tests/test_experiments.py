@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("planner.replan_every=0", "replan_every"),
     ("eval_episodes=0", "eval_episodes"),
     ("eval_start=-1", "eval_start"),
+    ("eval_workers=0", "eval_workers"),
     ("policies=[mpc,nope]", "policies"),
     ("device=tpu", "device"),
 ])
