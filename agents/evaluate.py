@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -124,16 +123,13 @@ def run_jobs(jobs: Sequence[EpisodeJob], factory: RunnerFactory, workers: int = 
                 on_done(job, results[-1])
         return results
     context = multiprocessing.get_context("spawn")  # forking a process that ran OpenMP or EGL is unsafe
-    ticks = context.Queue()
+    ticks = context.SimpleQueue()  # written synchronously: a job's ticks are in the pipe before its result
     threads = max(1, cpu_workers() // workers)
     results: list = [None] * len(jobs)
 
     def drain() -> None:
-        while True:
-            try:
-                tick(ticks.get_nowait())
-            except queue.Empty:
-                return
+        while not ticks.empty():
+            tick(ticks.get())
 
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(factory, ticks, threads))
@@ -148,7 +144,8 @@ def run_jobs(jobs: Sequence[EpisodeJob], factory: RunnerFactory, workers: int = 
                 results[i] = future.result()  # a worker's exception is raised here
                 if on_done is not None:
                     on_done(jobs[i], results[i])
-        drain()
-    finally:
+    except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results

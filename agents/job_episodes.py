@@ -25,6 +25,7 @@ from agents.evaluate import EpisodeJob, Tick, run_episode
 from agents.learner import Learner
 from agents.mpc import MPCAgent
 from agents.pipeline import make_actor_agent, make_mpc_agent
+from agents.policy import FeaturePolicyAgent
 from agents.value_check import value_check
 from uncertainty import MotionStats
 from world_models.oracle import Oracle
@@ -90,34 +91,43 @@ class JobEpisodes:
     def __init__(self, config: dict, checkpoint: str | None, learner: str | None = None,
                  oracle_value: str | None = None, *, out: str | Path, tick: Tick | None = None):
         cfg = self.cfg = OmegaConf.create(config)
-        spec = envs.task_spec(cfg.task)
-        device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        self.action_dim = envs.task_spec(cfg.task).action_dim
         self.out, self.tick = Path(out), tick or (lambda policy: None)
-        self.model = self.learner = None
+        self.model = self.learner = self.motion = self.context = None
         size = 64
         if checkpoint is not None:
-            model = self.model = world_models.load(checkpoint, device=device, **cfg.sampling)
+            device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+            self.model = world_models.load(checkpoint, device=device, **cfg.sampling)
             if cfg.compile:
-                world_models.compile_transformers(model)
-            learner = self.learner = Learner.load(learner) if learner is not None else None
-            size, context = model.cfg.image_size, cfg.agent.context or model.max_context
-            self.context = context
-            motion = MotionStats.load(checkpoint, cfg.task) if cfg.agent.penalty and cfg.agent.lam else None
+                world_models.compile_transformers(self.model)
+            self.learner = Learner.load(learner) if learner is not None else None
+            size, self.context = self.model.cfg.image_size, cfg.agent.context or self.model.max_context
+            if cfg.agent.penalty and cfg.agent.lam:
+                self.motion = MotionStats.load(checkpoint, cfg.task)
         self.env = envs.make(cfg.task, obs="pixels", size=size, seed=cfg.seed)
-        names = policy_names(cfg, self.model, self.learner is not None)
-        if "mpc-oracle" in names:
-            value = Learner.load(oracle_value) if oracle_value is not None else None
-            prior = "none" if value is None else cfg.agent.prior if cfg.agent.prior in ("policy", "residual") else "policy"
-            oracle_cfg = OmegaConf.merge(cfg, {"agent": {"prior": prior}})
-        makers = {
-            "mpc": lambda s: make_mpc_agent(cfg, model, learner, spec.action_dim, s, context, motion),
-            "actor": lambda s: make_actor_agent(model, learner, cfg.task, context),
-            "bc": lambda s: BCAgent(model, cfg.task, spec.action_dim, context=context, seed=s),
-            "mpc-oracle": lambda s: make_mpc_agent(oracle_cfg, Oracle(self.env), value, spec.action_dim, s, 1),
-            "random": lambda s: RandomAgent(spec.action_dim, seed=s),
-        }
-        self.policies = {name: makers[name] for name in names}
         self._state_env = None
+        self.oracle_value = Learner.load(oracle_value) if oracle_value is not None else None
+        makers = {"mpc": self._mpc, "actor": self._actor, "bc": self._bc, "mpc-oracle": self._oracle,
+                  "random": self._random}
+        self.policies = {name: makers[name] for name in policy_names(cfg, self.model, self.learner is not None)}
+
+    def _mpc(self, seed: int) -> MPCAgent:
+        return make_mpc_agent(self.cfg, self.model, self.learner, self.action_dim, seed, self.context, self.motion)
+
+    def _actor(self, seed: int) -> FeaturePolicyAgent:
+        return make_actor_agent(self.model, self.learner, self.cfg.task, self.context)
+
+    def _bc(self, seed: int) -> BCAgent:
+        return BCAgent(self.model, self.cfg.task, self.action_dim, context=self.context, seed=seed)
+
+    def _oracle(self, seed: int) -> MPCAgent:
+        """The planner on the true simulator, its plans seeded by the state critic's actor when there is one."""
+        prior = self.cfg.agent.prior if self.cfg.agent.prior in ("policy", "residual") else "policy"
+        cfg = OmegaConf.merge(self.cfg, {"agent": {"prior": "none" if self.oracle_value is None else prior}})
+        return make_mpc_agent(cfg, Oracle(self.env), self.oracle_value, self.action_dim, seed, 1)
+
+    def _random(self, seed: int) -> RandomAgent:
+        return RandomAgent(self.action_dim, seed=seed)
 
     def env_for(self, policy: str):
         """Random actions need no frames, so their episodes skip rendering (same physics, same starts)."""

@@ -62,11 +62,14 @@ def state_learner(cfg: DictConfig, store: EpisodeStore, algo: str, steps: int) -
     return folder
 
 
+MAX_AUTO_WORKERS = 8  # each holds a model and its compiled code: about 1.4 GB with the small model
+
+
 def eval_workers(value, device: torch.device, jobs: int) -> int:
-    """`auto`: one process per CPU core (each on one thread; planning on two cores this way
-    beats one process on two threads), or one on a GPU."""
+    """`auto`: one process per CPU core up to `MAX_AUTO_WORKERS` (each on one thread; on two
+    cores this plans faster than one process on two threads), or one on a GPU."""
     if value == "auto":
-        return 1 if device.type == "cuda" else max(1, min(cpu_workers(), jobs))
+        return 1 if device.type == "cuda" else max(1, min(cpu_workers(), jobs, MAX_AUTO_WORKERS))
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"eval_workers must be auto or an integer >= 1, got {value!r}")
     return value

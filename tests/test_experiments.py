@@ -108,7 +108,7 @@ def test_mpc_runs_the_main_job_end_to_end_on_a_toy_budget(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "mpc.py"), "task=toy-reach", "preset=tiny",
                           "job.behavior=random", "job.episodes=4", "job.episode_steps=null", "job.num_envs=1",
                           "+job.model.tok_steps=4", "+job.model.dyn_steps=4", "job.compile=eager", "job.learner_steps=20",
-                          "compile=false", "eval_episodes=1",
+                          "compile=false", "eval_episodes=1", "eval_workers=1",  # worker processes: test_agents.py
                           "policies=[mpc,actor,random]", "planner.population=8", "planner.elites=2",
                           "planner.iterations=1", "planner.margin=0.5", "agent.prior=policy", "video=false", "progress=false",
                           f"store={tmp_path / 'data'}", f"out={tmp_path / 'out'}"],
