@@ -1,5 +1,6 @@
 """MPC agent with the oracle (exact simulator) and the oracle's contract."""
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_the_main_jobs_episodes_give_the_same_rows_in_worker_processes(tmp_path)
     model = world_models.make("dreamer4", "tiny")
     save_checkpoint(tmp_path / "ckpt", model, scene_motion={"toy-reach": 1.0})
     Learner("td3+bc", model.feature_dim, 2).save(tmp_path / "learner")
-    cfg = OmegaConf.load("experiments/configs/mpc.yaml")
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml")
     cfg.merge_with({"task": "toy-reach", "compile": False, "video": False, "policies": ["mpc", "actor", "random"],
                     "planner": {"population": 8, "elites": 2, "iterations": 1}})
     runner = functools.partial(JobEpisodes, OmegaConf.to_container(cfg), str(tmp_path / "ckpt"),
