@@ -127,7 +127,8 @@ def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
     # With a 2-step horizon the reward-only planner sees little of where a reach leads.
     # When written: value-guided 48.0, reward-only 43.0, the actor alone 47.8, random 32.7.
     # The residual planner (the main job's default: corrections to the actor in closed loop)
-    # is held to the same bounds.
+    # is held to the same bounds; the plans of raw actions (`prior="policy"`) left this test
+    # to keep the suite under 15 minutes and run in test_experiments.py's end-to-end job.
     model = trained.model
     real = feature_transitions(model, trained.stores["train"], trained.covered, "toy-reach", progress=False)
     torch.manual_seed(0)
@@ -142,7 +143,6 @@ def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
                         prior=prior, prior_samples=4, seed=0)
     seeds = range(100, 108)
     returns = {
-        "value-guided": [run_episode(env, mpc("policy"), s).episode_return for s in seeds],
         "value-guided residual": [run_episode(env, mpc("residual"), s).episode_return for s in seeds],
         "reward-only": [run_episode(env, mpc("bc"), s).episode_return for s in seeds],
         "actor": [run_episode(env, make_actor_agent(model, learner, "toy-reach", 2), s).episode_return for s in seeds],
@@ -150,8 +150,8 @@ def test_value_guided_mpc_beats_reward_only_mpc_on_toy_reach(trained):
     }
     print("toy-reach, 8 episodes: " + ", ".join(f"{k} {np.mean(v):.1f} ± {np.std(v):.1f}" for k, v in returns.items()))
     reward_only, rand = np.mean(returns["reward-only"]), np.mean(returns["random"])
-    for name in ("value-guided", "value-guided residual"):
-        assert np.mean(returns[name]) > reward_only + 1 and np.mean(returns[name]) > rand + 5, (name, returns)
+    residual = np.mean(returns["value-guided residual"])
+    assert residual > reward_only + 1 and residual > rand + 5, returns
 
 
 def test_the_trained_model_estimates_policy_values_closer_than_an_untrained_one(trained, tmp_path):
