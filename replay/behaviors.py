@@ -235,7 +235,7 @@ class SnapshotMix(Behavior):
 
 
 BEHAVIORS = ("random", "noop", "expert", "transformed", "noise", "noise-gaussian", "noise-ou",
-             "noise-mix", "mixed", "medium", "medium-replay", "curiosity")
+             "noise-mix", "mixed", "medium", "medium-replay", "curiosity", "human")
 """Names `make_behavior` takes; `noise-<kind>-<scale>` (e.g. `noise-gaussian-0.3`) fixes the noise's scale."""
 
 
@@ -256,6 +256,9 @@ def make_behavior(name: str, action_dim: int, expert: Callable[[], ExpertBehavio
     agents = agents or {}
     if name in agents:
         return AgentBehavior(name, action_dim, agents[name])
+    if name == "human":
+        raise ValueError("behavior 'human' is recorded by playing in a browser: python experiments/play.py "
+                         "checkpoint=<a trained model> task=<task> record=true")
     if name == "curiosity":
         raise ValueError("behavior 'curiosity' plans in a world model: give checkpoint=<a trained model>")
     if name == "random":

@@ -156,6 +156,13 @@ def test_checkpoint_roundtrip(model, tmp_path):
     assert one_step.cfg.sample_steps == 1 and one_step.cfg.k_max == model.cfg.k_max
     c = one_step.imagine(obs, plan, generator=torch.Generator().manual_seed(0))
     assert c.latents.shape == a.latents.shape and not torch.allclose(c.latents, a.latents)
+    # the substeps can also travel with a rollout's state, changed between steps
+    torch.testing.assert_close(loaded.rollout(loaded.start(obs, generator=torch.Generator().manual_seed(0),
+                                                           sample_steps=1), plan).latents, c.latents)
+    state = model.with_sample_steps(model.start(obs, generator=torch.Generator().manual_seed(0)), 1)
+    torch.testing.assert_close(model.rollout(state, plan).latents, c.latents)
+    with pytest.raises(ValueError, match=r"sample_steps must be one of \[1, 2\]"):
+        model.with_sample_steps(state, 4)
     # trained without bootstrap rows, the model reads only the finest step's embedding
     # (d = 1/k_max) whatever the substep size: the coarse rows never reach a rollout
     assert one_step.cfg.self_consistency == 0

@@ -226,11 +226,14 @@ class Dreamer4(WorldModel):
     @torch.no_grad()
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
               seeds: int = 1, generator: torch.Generator | None = None, max_context: int | None = None,
-              cached: bool = True, encoded: Tensor | None = None) -> Dreamer4State:
+              cached: bool = True, encoded: Tensor | None = None, sample_steps: int | None = None) -> Dreamer4State:
         """See `Simulator.start`. The context is cut to its last `max_context` frames (default
         `self.max_context`), the window the rollout keeps; `cached=False` recomputes the
         window at every substep instead of caching its keys and values (the test reference);
-        `encoded`: `encode(obs)`, when already computed (`WorldModel.context_latents`)."""
+        `encoded`: `encode(obs)`, when already computed (`WorldModel.context_latents`);
+        `sample_steps`: Euler substeps per imagined frame (default `cfg.sample_steps`; see
+        `with_sample_steps`)."""
+        sample_steps = self.check_sample_steps(self.cfg.sample_steps if sample_steps is None else sample_steps)
         frames, prev, prev_mask, window = self.start_context(obs, context_actions, seeds, max_context)
         B = frames.shape[0]
         name = self.tasks[self.task_row(task)]
@@ -244,7 +247,22 @@ class Dreamer4(WorldModel):
         return Dreamer4State(owner=id(self), batch=B, seeds=seeds, task=name, action_width=task_spec(name).action_dim,
                              features_all=features[rep], policy_all=None if policy is None else policy[rep],
                              generator=generator, window=past.select(rep), latent_all=self.dynamics.unpack(x[:, -1])[rep],
-                             task_rows=rows[rep])
+                             task_rows=rows[rep], sample_steps=sample_steps)
+
+    def sample_step_choices(self) -> tuple[int, ...]:
+        """The Euler substep counts a rollout may use: powers of two up to `cfg.k_max`."""
+        return tuple(2 ** i for i in range(int(math.log2(self.cfg.k_max)) + 1))
+
+    def check_sample_steps(self, k: int) -> int:
+        if k not in self.sample_step_choices():
+            raise ValueError(f"sample_steps must be one of {list(self.sample_step_choices())}, got {k!r}")
+        return k
+
+    def with_sample_steps(self, state: "Dreamer4State", k: int) -> "Dreamer4State":
+        """The same rollouts, sampling their next frames with `k` Euler substeps: fewer is
+        faster, more follows the flow more closely."""
+        self.check_state(state)
+        return replace(state, sample_steps=self.check_sample_steps(k))
 
     @torch.no_grad()
     def step(self, state: Dreamer4State, actions: Tensor, signals: tuple[str, ...] = (),
@@ -261,7 +279,7 @@ class Dreamer4(WorldModel):
             raise ValueError(f"{self.name} computes {self.native_signals} natively, not {sorted(unknown)}")
         cfg, dyn = self.cfg, self.dynamics
         a, mask = a[:, None], mask[:, None]
-        R, K = a.shape[0], cfg.sample_steps
+        R, K = a.shape[0], state.sample_steps
         z = torch.randn(R, 1, dyn.n_spatial, dyn.d_spatial, generator=state.generator, device=self.device)
         step = torch.full((R, 1), int(math.log2(K if cfg.self_consistency else cfg.k_max)), device=self.device)
         preds = []
@@ -324,11 +342,13 @@ class Dreamer4(WorldModel):
 @dataclass
 class Dreamer4State(SimState):
     """`SimState` of a Dreamer-4 rollout: the window of committed frames, the current
-    latent `[R, n_latents, d_bottleneck]` and each row's task embedding row `[R]`."""
+    latent `[R, n_latents, d_bottleneck]`, each row's task embedding row `[R]` and the
+    Euler substeps per imagined frame."""
 
     window: RolloutWindow
     latent_all: Tensor
     task_rows: Tensor
+    sample_steps: int
 
     def _select_rows(self, rows: Tensor, batch: int) -> "Dreamer4State":
         return replace(super()._select_rows(rows, batch), window=self.window.select(rows),
