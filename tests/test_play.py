@@ -12,7 +12,8 @@ import pytest
 import websockets
 
 import world_models
-from agents.playground import BEHAVIOR, PlaySession, make_app, running
+from agents.playground import BEHAVIOR, PlaySession, check_playable, key_map, make_app, running
+from agents.playground.session import KEY_PAIRS
 from agents.playground.browser import NoBrowser, headless_chromium
 from replay import EpisodeStore
 from uncertainty import MotionStats
@@ -109,6 +110,31 @@ def test_bad_messages_get_one_clear_error_and_nothing_is_evaluated(serve):
         assert closed.value.rcvd.code == 1009
 
     asyncio.run(play())
+
+
+def test_imagination_alone_plays_to_the_episode_end_with_whale_gauges():
+    whale = world_models.make("whale", "tiny").eval()
+    session = PlaySession(whale, "toy-reach", real=False, seed=0)
+    hello = session.hello()
+    assert hello["signals"] == ["u_r", "u_s", "token_entropy"] and not hello["real"] and hello["substeps"] is None
+    assert session.reset()["t"] == 0
+    replies = [session.step(np.array([0.5, -0.5])) for _ in range(hello["episode_length"])]
+    assert [r["done"] for r in replies] == [False] * (len(replies) - 1) + [True]
+    assert all(r["real"] is None and r["psnr"] is None and np.isfinite(r["signals"]["token_entropy"]) for r in replies)
+    with pytest.raises(ValueError, match="no Euler substeps"):
+        session.set_substeps(1)
+    played = session.finish()
+    assert (played.steps, played.real_return, played.saved) == (50, None, None)
+    session.close()
+    with pytest.raises(ValueError, match="needs real=true"):
+        PlaySession(whale, "toy-reach", real=False, store=EpisodeStore("unused"))
+    with pytest.raises(ValueError, match="trained on"):
+        check_playable(whale, "cup-catch", real=True, record=False)
+    with pytest.raises(ValueError, match="pixel world model"):
+        check_playable(world_models.make("ensemble", "tiny"), "toy-reach", real=True, record=False)
+    assert len(key_map(6)) == 12 and {k["key"] for k in key_map(6)} == {k for pair in KEY_PAIRS for k in pair}
+    with pytest.raises(ValueError, match="at most 6 action dims"):
+        key_map(7)
 
 
 def browser():
