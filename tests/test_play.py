@@ -51,7 +51,7 @@ async def connect(address):
 
 
 async def ask(ws, msg) -> dict:
-    await ws.send(msg if isinstance(msg, str) else json.dumps(msg))
+    await ws.send(msg if isinstance(msg, (str, bytes)) else json.dumps(msg))
     return json.loads(await ws.recv())
 
 
@@ -93,7 +93,7 @@ def test_bad_messages_get_one_clear_error_and_nothing_is_evaluated(serve):
 
     async def play():
         ws, _, _ = await connect(address)
-        for msg, words in [("nope", "JSON objects"), ({"type": "exec"}, "messages are"),
+        for msg, words in [("nope", "JSON objects"), (b'{"type": "reset"}', "must be text"), ({"type": "exec"}, "messages are"),
                            ({"type": "step", "action": [1]}, "list of 2 numbers"),
                            ({"type": "step", "action": ["__import__('os').system('x')", 1]}, "list of 2 numbers"),
                            ({"type": "step", "action": [True, 0]}, "list of 2 numbers"),

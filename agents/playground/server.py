@@ -59,7 +59,13 @@ def make_app(new_session: Callable[[int], PlaySession], *, max_players: int = 4,
             await ws.send_json(session.hello())
             await ws.send_json(await on_worker(restart, session))
             while True:
-                text = await ws.receive_text()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    await ws.send_json({"type": "error", "message": "messages must be text: JSON objects"})
+                    continue
                 if len(text.encode()) > max_message:
                     await ws.send_json({"type": "error", "message": f"message over {max_message} bytes"})
                     await ws.close(TOO_BIG)
