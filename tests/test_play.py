@@ -86,6 +86,9 @@ def test_each_player_has_its_own_episode_and_extra_players_are_refused(serve):
 
     asyncio.run(play())
     assert sorted(p.steps for p in played) == [1, 4]
+    (longer,) = [p for p in played if p.steps == 4]
+    assert set(longer.psnr_rho) == {"u_r", "u_s", "u_f"}  # None where a series is constant (no NaN in JSON)
+    assert all(r is None or -1 <= r <= 1 for r in longer.psnr_rho.values())
 
 
 def test_bad_messages_get_one_clear_error_and_nothing_is_evaluated(serve):
@@ -177,6 +180,8 @@ def test_a_browser_plays_sees_frames_and_gauges_and_records_an_episode(serve, tm
         body.send_keys("r")
         wait.until(lambda d: d.execute_script("return window.mirage.saved.length") == 1)
         assert driver.find_element(By.ID, "t").text == "0" and not driver.execute_script("return window.mirage.errors")
+        assert "episode of 3 steps" in driver.find_element(By.ID, "status").text
+        assert "ρ(signal, PSNR): u_r" in driver.find_element(By.ID, "status").text
     finally:
         driver.quit()
     (info,) = store.episodes(task="toy-reach", behavior=BEHAVIOR)

@@ -18,7 +18,7 @@ from PIL import Image
 
 import envs
 from replay import Episode, EpisodeStore
-from uncertainty import MotionStats, StepSignal, offered_signals, psnr
+from uncertainty import MotionStats, StepSignal, offered_signals, psnr, spearman
 from world_models import WorldModel
 
 BEHAVIOR = "human"
@@ -67,6 +67,9 @@ class Played:
     real_return: float | None
     mean_psnr: float | None
     saved: str | None
+    psnr_rho: dict[str, float | None] | None = None
+    """Spearman ρ of each signal against the step's PSNR (negative: the signal rose where the
+    model drifted from the real frame); None per signal where either series is constant."""
 
 
 class PlaySession:
@@ -114,7 +117,8 @@ class PlaySession:
         self.state = self.model.start(torch.as_tensor(obs)[None], task=self.task, seeds=self.seeds,
                                       generator=self.generator, **options)
         self.episode = {"seed": seed, "frames": [obs], "states": [info["state"]], "actions": [], "rewards": [],
-                        "success": [], "imagined": [], "psnr": [], "terminated": False}
+                        "success": [], "imagined": [], "psnr": [], "terminated": False,
+                        "signals": {name: [] for name in self.gauges}}
         return {"type": "frame", "t": 0, "imagined": png(obs), "real": png(obs) if self.real else None,
                 "reward": None, "real_reward": None, "psnr": None, "signals": {}, "done": False}
 
@@ -133,9 +137,11 @@ class PlaySession:
         self.state, out = self.model.step(self.state, a, signals=self.native, decode=True)
         imagined = (out.frame[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
         reply = {"type": "frame", "t": len(ep["actions"]) + 1, "imagined": png(imagined),
-                 "reward": None if out.reward is None else float(out.reward[0]),
-                 "signals": {name: float(g(out)[0]) for name, g in self.gauges.items()},
+                 "reward": None if out.reward is None else finite(out.reward[0]),
+                 "signals": {name: finite(g(out)[0]) for name, g in self.gauges.items()},
                  "real": None, "real_reward": None, "psnr": None}
+        for name, u in reply["signals"].items():
+            ep["signals"][name].append(u)
         ep["actions"].append(np.asarray(action, np.float32))
         ep["imagined"].append(reply["reward"] or 0.0)
         done = len(ep["actions"]) >= self.spec.episode_length
@@ -166,14 +172,24 @@ class PlaySession:
                 states=np.stack(ep["states"]).astype(np.float32),
                 success=np.asarray(ep["success"], bool) if self.spec.has_success else None))
         self.state = None
+        rho = None
+        if len(ep["psnr"]) >= 3:
+            rho = {name: finite(spearman(torch.tensor(u, dtype=torch.float64), torch.tensor(ep["psnr"])))
+                   for name, u in ep["signals"].items() if None not in u}
         return Played(self.player, len(ep["actions"]), float(sum(ep["imagined"])),
                       float(sum(ep["rewards"])) if self.real else None,
-                      float(np.mean(ep["psnr"])) if ep["psnr"] else None, None if saved is None else str(saved))
+                      float(np.mean(ep["psnr"])) if ep["psnr"] else None, None if saved is None else str(saved), rho)
 
     def close(self) -> None:
         """Close the environment and drop it, so that it is freed on the calling thread."""
         self.env.close()
         self.env = None
+
+
+def finite(x) -> float | None:
+    """A float for JSON, None where it is not finite (JSON has no NaN)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
 
 
 def action_from(value, action_dim: int) -> np.ndarray:
