@@ -23,7 +23,7 @@ def rng():
 # instead of one waiting on a late long module.
 LONG_FIRST = ("test_dreamer4_learning.py", "test_whale_learning.py", "test_curiosity.py", "test_fidelity.py",
               "test_experiments.py", "test_training.py", "test_distributed.py", "test_envs.py", "test_ensemble.py",
-              "test_offline_learning.py", "test_collect.py", "test_step_api.py", "test_pipeline.py")
+              "test_offline_learning.py", "test_collect.py", "test_step_api.py", "test_play.py", "test_pipeline.py")
 
 
 def pytest_collection_modifyitems(items):
