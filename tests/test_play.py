@@ -120,6 +120,8 @@ def test_imagination_alone_plays_to_the_episode_end_with_whale_gauges():
     session = PlaySession(whale, "toy-reach", real=False, seed=0)
     hello = session.hello()
     assert hello["signals"] == ["u_r", "u_s", "token_entropy"] and not hello["real"] and hello["substeps"] is None
+    with pytest.raises(ValueError, match="call reset"):
+        session.step(np.zeros(2))
     assert session.reset()["t"] == 0
     replies = [session.step(np.array([0.5, -0.5])) for _ in range(hello["episode_length"])]
     assert [r["done"] for r in replies] == [False] * (len(replies) - 1) + [True]

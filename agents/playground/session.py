@@ -125,13 +125,16 @@ class PlaySession:
     def set_substeps(self, k: int) -> dict:
         if not self.substeps:
             raise ValueError(f"{self.model.name} samples a frame in one pass: it has no Euler substeps")
-        self.state = self.model.with_sample_steps(self.state, k)
-        self.substeps = k
+        self.substeps = self.model.check_sample_steps(k)
+        if self.state is not None:
+            self.state = self.model.with_sample_steps(self.state, k)
         return {"type": "substeps", "substeps": k}
 
     @torch.no_grad()
     def step(self, action: np.ndarray) -> dict:
         """Advance the model (and the environment, with `real`) by `action [A]` in [-1, 1]."""
+        if self.state is None:
+            raise ValueError("no episode is running: call reset() first")
         ep = self.episode
         a = torch.as_tensor(action, dtype=torch.float32)[None]
         self.state, out = self.model.step(self.state, a, signals=self.native, decode=True)
