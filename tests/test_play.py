@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import websockets
 
 import world_models
@@ -16,7 +17,7 @@ from agents.playground import BEHAVIOR, PlaySession, check_playable, key_map, ma
 from agents.playground.session import KEY_PAIRS
 from agents.playground.browser import NoBrowser, headless_chromium
 from replay import EpisodeStore
-from uncertainty import MotionStats
+from uncertainty import MotionStats, spearman
 from world_models.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,24 @@ def test_imagination_alone_plays_to_the_episode_end_with_whale_gauges():
     assert len(key_map(6)) == 12 and {k["key"] for k in key_map(6)} == {k for pair in KEY_PAIRS for k in pair}
     with pytest.raises(ValueError, match="at most 6 action dims"):
         key_map(7)
+
+
+def test_an_episodes_rho_is_the_spearman_of_what_the_player_saw():
+    whale = world_models.make("whale", "tiny").eval()
+    session = PlaySession(whale, "toy-reach", real=True, seed=1)
+    session.reset()
+    rng = np.random.default_rng(0)
+    replies = [session.step(rng.uniform(-1, 1, 2)) for _ in range(12)]
+    played = session.finish()
+    session.close()
+    psnr = torch.tensor([r["psnr"] for r in replies])
+    expected = {name: spearman(torch.tensor([r["signals"][name] for r in replies]), psnr)
+                for name in ("u_r", "u_s", "token_entropy")}
+    assert played.psnr_rho.keys() == expected.keys()
+    for name, rho in expected.items():
+        assert played.psnr_rho[name] == (None if np.isnan(rho) else pytest.approx(rho, abs=1e-6)), name
+    assert sum(r is not None for r in played.psnr_rho.values()) >= 1  # not all constant
+    assert played.mean_psnr == pytest.approx(psnr.mean().item(), rel=1e-5)
 
 
 def browser():
