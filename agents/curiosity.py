@@ -95,7 +95,7 @@ class CuriosityAgent(MPCAgent):
         name, per_motion = split_signal(signal)
         if model is None:
             model = world_models.load(checkpoint)
-        if getattr(model, "name", "") == "ensemble":
+        if model.reads_states:
             raise ValueError("curiosity acts from pixels: the state ensemble cannot drive it")
         motion = task_motion(checkpoint, task) if per_motion else None
         cem = CEM(envs.task_spec(task).action_dim, horizon, population=population, elites=elites, iterations=iterations,

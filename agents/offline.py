@@ -99,7 +99,7 @@ def feature_transitions(model: Simulator, store: EpisodeStore, episodes: list[Ep
     episode that ends by time limit still has its last frame, so all T transitions count."""
     if cache is not None and cache.exists():
         return Transitions.load(cache)
-    uses_states = getattr(model, "name", "") == "ensemble"
+    uses_states = model.reads_states
     context = context or getattr(model, "max_context", 1)
     parts = []
     device = getattr(model, "device", torch.device("cpu"))

@@ -34,7 +34,7 @@ from replay.behaviors import Behavior, make_behavior
 from replay.experts import DEFAULT_EXPERT_DIR, make_expert
 from uncertainty.fidelity import StateProbe, Windows, WindowSampler, window_features
 from uncertainty.metrics import spearman
-from world_models import Simulator, WorldModel
+from world_models import Simulator
 
 
 # ---- metrics: arrays of one value per policy ------------------------------------------------
@@ -142,11 +142,6 @@ class PolicyReturns:
     replay: np.ndarray
 
 
-def reads_frames(model: Simulator) -> bool:
-    """True for pixel models; the state ensemble starts from and features the states."""
-    return isinstance(model, WorldModel)
-
-
 def fit_probe(model: Simulator, store: EpisodeStore, episodes: list[EpisodeInfo], task: str, *, context: int,
               windows: int = 2048, seed: int = 0) -> tuple[StateProbe, float]:
     """A `StateProbe` from the model's features (read with `context` frames) to the recorded
@@ -161,7 +156,7 @@ def fit_probe(model: Simulator, store: EpisodeStore, episodes: list[EpisodeInfo]
         return WindowSampler(store, eps, context=context, horizon=1).sample(windows, None, rng)
 
     def features(w: Windows) -> Tensor:
-        if reads_frames(model):
+        if not model.reads_states:
             return window_features(model, w, context, task)
         return model.features(w.states[:, context - 1], task=task).float().cpu()
 
@@ -253,7 +248,7 @@ def estimate_values(model: Simulator, task: str, policies: list[EvaluationPolicy
     """
     if not model.has_reward:
         raise ValueError(f"{model.name} has no reward head: it cannot estimate returns")
-    pixels, results = reads_frames(model), []
+    pixels, results = not model.reads_states, []
     for policy in tqdm(policies, desc="policies", unit="policy", disable=not progress):
         if policy.reads == "features" and policy.act is None and not model.has_policy:
             raise ValueError(f"policy {policy.name!r} is the BC head, and {model.name} has none")

@@ -48,10 +48,10 @@ def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path):
     if not (cfg.penalty and cfg.lam):
         return None
     if cfg.penalty == "knn":
-        if model.name == "ensemble":
+        if model.reads_states:
             raise ValueError("knn compares pixel-model latents; the ensemble has max_std and disagreement")
         return KNNPenalty(KNNDistance.fit(store, model, episodes, seed=cfg.seed))
-    motion = MotionStats.load(checkpoint, cfg.task) if model.name != "ensemble" else None
+    motion = MotionStats.load(checkpoint, cfg.task) if not model.reads_states else None
     return StepSignal(cfg.penalty, model, motion=motion, task=cfg.task)
 
 
@@ -111,7 +111,7 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out or f"runs/offline/{cfg.task}/{method}/{cfg.seed}")
     hold_lock(out)
     OmegaConf.save(cfg, out / "config.yaml")
-    is_state = model.name == "ensemble"
+    is_state = model.reads_states
     context = 1 if is_state else model.max_context
     key = hashlib.sha1(f"{found.resolve()}|{context}|{[e.path.name for e in episodes]}".encode()).hexdigest()[:12]
     cache = out.parent.parent / f"features-{model.name}-{key}.npz"

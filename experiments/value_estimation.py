@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 import envs  # noqa: E402
 from agents.learner import Learner  # noqa: E402
 from agents.pipeline import write_json  # noqa: E402
-from agents.value_estimation import (estimate_values, feature_policy, fit_probe, reads_frames,  # noqa: E402
+from agents.value_estimation import (estimate_values, feature_policy, fit_probe,  # noqa: E402
                                      state_policy, value_metrics)
 from replay import EpisodeStore  # noqa: E402
 from world_models.checkpoint import hold_lock  # noqa: E402
@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> None:
     horizon = cfg.horizon or spec.episode_length
     if not 1 <= horizon <= spec.episode_length:
         raise ValueError(f"horizon must be in [1, {spec.episode_length}] for {cfg.task}, got {horizon}")
-    pixels = reads_frames(model)
+    pixels = not model.reads_states
     context = cfg.context or (model.max_context if pixels else 1)
     size = model.cfg.image_size if pixels else 64
 

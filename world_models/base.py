@@ -142,6 +142,7 @@ class Simulator(ABC):
     name: str
     action_dim: int
     native_signals: tuple[str, ...] = ()
+    reads_states: bool = False  # True: `start` takes recorded states and `features` are them (the state ensemble)
 
     @property
     def has_policy(self) -> bool:

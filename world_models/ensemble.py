@@ -87,6 +87,7 @@ class Ensemble(Simulator, nn.Module):
 
     name = "ensemble"
     native_signals = ("max_std", "disagreement")
+    reads_states = True
 
     def __init__(self, cfg: EnsembleConfig, tasks: tuple[str, ...] = ("toy-reach",)):
         super().__init__()
