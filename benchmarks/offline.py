@@ -86,7 +86,7 @@ def main() -> None:
           f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each")
     results = {}
     for name, algo, use_model, signal, lam in rows:
-        returns, t0 = [], time.perf_counter()
+        returns, successes, t0 = [], [], time.perf_counter()
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99)
@@ -96,9 +96,11 @@ def main() -> None:
                       penalty=penalty, lam=lam, progress=False,
                       evaluate=lambda l: evaluate(env, agent_for(l), args.episodes, seed=1000 * (seed + 1)))
             returns.append(ev[-1]["return"])
+            successes += [ev[-1]["success"]] if "success" in ev[-1] else []
         results[name] = returns
-        print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f} ({(time.perf_counter() - t0) / 60:.1f} min)",
-              flush=True)
+        success = f"  success {np.mean(successes):.0%}" if successes else ""
+        print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f}{success} "
+              f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
     if "mopo" not in chosen:
         return
     best_penalised = max((np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo"))
