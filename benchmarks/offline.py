@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--algo", default="sac", help="the learner MOPO trains")
+    p.add_argument("--reward-scale", type=float, default=1.0,
+                   help="multiplies the rewards every learner trains on (Meta-World: 0.1)")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", default=",".join(ROWS), help="the rows to run, comma-separated (mopo: λ = 0 and each signal)")
@@ -83,13 +85,14 @@ def main() -> None:
         rows += [(f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0),
                  *[(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals]]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
-          f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each")
+          f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each, "
+          f"rewards x {args.reward_scale:g}")
     results = {}
     for name, algo, use_model, signal, lam in rows:
         returns, successes, t0 = [], [], time.perf_counter()
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99)
+            learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99, reward_scale=args.reward_scale)
             penalty = StepSignal(signal, model, motion=motion, task=args.task) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500)
             ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,

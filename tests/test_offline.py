@@ -42,6 +42,24 @@ def test_learners_update_and_roundtrip_without_pickles(algo, tmp_path):
         Learner.load(tmp_path / "missing")
 
 
+def test_reward_scale_trains_on_scaled_rewards_and_reports_q_in_reward_units(tmp_path):
+    t = random_transitions()
+    learners = []
+    for scale, rewards in ((0.5, t.rewards), (1.0, 0.5 * t.rewards)):  # the same batches, once scaled inside
+        torch.manual_seed(0)
+        learner = Learner("td3+bc", 6, 2, batch_size=32, reward_scale=scale)
+        for _ in range(3):
+            learner.update(t.obs, t.actions, rewards, t.next_obs, t.terminals)
+        learners.append(learner)
+    x, a = torch.randn(5, 6), torch.rand(5, 2) * 2 - 1
+    torch.testing.assert_close(learners[0].value(x, a), 2 * learners[1].value(x, a))
+    loaded = Learner.load(learners[0].save(tmp_path))
+    assert loaded.reward_scale == 0.5
+    torch.testing.assert_close(loaded.value(x, a), learners[0].value(x, a))
+    with pytest.raises(ValueError, match="reward_scale"):
+        Learner("iql", 4, 2, reward_scale=0.0)
+
+
 def test_learner_rejects_unknown_algorithms_and_fields():
     with pytest.raises(ValueError, match="unknown algo"):
         Learner("ppo", 4, 2)
