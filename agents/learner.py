@@ -57,9 +57,9 @@ def _config(algo: str, **hyper):
 class Learner:
     """See the module docstring. `hyper` are the d3rlpy config's fields (e.g. `gamma`,
     `batch_size`, `expectile`). `reward_scale` multiplies every reward the algorithm trains
-    on (d3rlpy's IQL and SAC need rewards of order 1: on Meta-World's, up to 20 per step,
-    IQL scored 87 unscaled and 1147 at 0.1; docs/offline.md); `value` divides it out again,
-    so Q stays in the task's reward units for planners."""
+    on (d3rlpy's IQL and SAC need rewards of order 1; Meta-World's reach 20 per step, see
+    docs/offline.md); `value` divides it out again, so Q stays in the task's reward units
+    for planners."""
 
     def __init__(self, algo: str, obs_dim: int, action_dim: int, device: str = "cpu:0",
                  reward_scale: float = 1.0, **hyper):
