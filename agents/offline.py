@@ -14,6 +14,7 @@ Nothing here touches an environment: `evaluate` (optional) is the caller's.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from agents.learner import Learner
 from replay import EpisodeInfo, EpisodeStore
 from world_models import Simulator, WorldModel
+from world_models.checkpoint import read_config
 from world_models.imagined import ImaginedReward, Signal, StartWindows
 
 
@@ -90,6 +92,16 @@ def episode_features(model: Simulator, frames: torch.Tensor, actions: torch.Tens
     full = list(range(context - 1, T1))
     out += [feat for i in range(0, len(full), batch) for feat in window_features(full[i: i + batch], context)]
     return torch.stack(out).float().cpu()
+
+
+def features_cache(folder: str | Path, checkpoint: str | Path, context: int, episodes: list[EpisodeInfo]) -> Path:
+    """Where `feature_transitions` caches a checkpoint's features of `episodes`. The name
+    hashes the checkpoint's weights (sha256), the context and the episodes, so a retrained
+    model or other data never reads stale features."""
+    spec = read_config(checkpoint)
+    weights = spec.get("weights_sha256") or str(Path(checkpoint).resolve())
+    key = hashlib.sha1(f"{weights}|{context}|{[e.path.name for e in episodes]}".encode()).hexdigest()[:12]
+    return Path(folder) / f"features-{spec['name']}-{key}.npz"
 
 
 def feature_transitions(model: Simulator, store: EpisodeStore, episodes: list[EpisodeInfo], task: str, *,

@@ -6,7 +6,10 @@
 
 Each `Stage` knows its cache (a folder on disk), says what it will do and how long that
 takes on a 2-core CPU (`MINUTES`, measured here) before it runs, and reports the time it
-really took. `experiments/mpc.py` builds then evaluates; other experiments reuse stages.
+really took. A stage writes the config it is built from (its key) to `<folder>/stage.json`
+before it runs; a cache built from another config is refused by name, never silently reused
+(the data stage only counts episodes: the store is shared and grows). `experiments/mpc.py`
+builds then evaluates; other experiments reuse stages.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import world_models
 from agents.learner import Learner
 from agents.mpc import MPCAgent
 from agents.policy import FeaturePolicyAgent
-from agents.offline import MOPOConfig, feature_transitions, mopo
+from agents.offline import MOPOConfig, feature_transitions, features_cache, mopo
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from replay.experts import DEFAULT_EXPERT_DIR, expert_path, make_expert, train_sac_expert
@@ -57,11 +60,32 @@ class Stage:
     minutes: float
     done: Callable[[], bool]
     run: Callable[[], object]
+    folder: Path | None = None      # where its key goes
+    key: dict = field(default_factory=dict)
+
+
+STAGE_KEY = "stage.json"
+
+
+def check_key(stage: Stage) -> None:
+    """Refuse a stage whose folder was built (or started) from another config."""
+    path = stage.folder / STAGE_KEY if stage.folder is not None else None
+    if path is None or not path.exists():
+        return
+    built, want = json.loads(path.read_text()), json.loads(json.dumps(stage.key, sort_keys=True))
+    diff = sorted(k for k in built.keys() | want.keys() if built.get(k) != want.get(k))
+    if diff:
+        raise ValueError(f"{stage.name}: {stage.folder} was built with "
+                         + ", ".join(f"{k}={json.dumps(built.get(k))}" for k in diff) + ", not "
+                         + ", ".join(f"{k}={json.dumps(want.get(k))}" for k in diff)
+                         + "; remove that folder to rebuild it")
 
 
 def build(stages: list[Stage]) -> dict[str, float]:
     """Run the stages that are not done, in order; say first what each will do and how long
     it takes here. Returns the minutes each stage that ran took."""
+    for s in stages:
+        check_key(s)
     todo = [s for s in stages if not s.done()]
     for s in stages:
         print(f"  {'cached' if s not in todo else 'to do':>7}  {s.name}: {s.what}"
@@ -70,6 +94,9 @@ def build(stages: list[Stage]) -> dict[str, float]:
     for s in todo:
         print(f"\n== {s.name}: {s.what}", flush=True)
         t0 = time.perf_counter()
+        if s.folder is not None:
+            s.folder.mkdir(parents=True, exist_ok=True)
+            write_json(s.folder / STAGE_KEY, s.key)
         s.run()
         took[s.name] = (time.perf_counter() - t0) / 60
         print(f"== {s.name} took {took[s.name]:.1f} min (estimated {s.minutes:.0f})", flush=True)
@@ -239,7 +266,8 @@ class MainJob:
                 c.expert_steps / 1000 * MINUTES["expert_per_1k_steps"],
                 lambda: (expert_path(c.task, c.expert_dir) / "actor.safetensors").exists(),
                 lambda: train_sac_expert(c.task, steps=c.expert_steps, seed=c.seed, expert_dir=c.expert_dir,
-                                         progress=c.progress)))
+                                         progress=c.progress),
+                expert_path(c.task, c.expert_dir), {"expert_steps": c.expert_steps}))
         size = world_models.make(c.world_model, c.preset).cfg.image_size
         stages.append(Stage(
             "data", f"collect {need or c.episodes} {c.behavior} episodes of {steps} steps at {size} px -> {c.store}",
@@ -261,13 +289,23 @@ class MainJob:
                                                          seed=c.seed, weighting=c.weighting, compile=c.compile,
                                                          overrides=c.model,
                                                          device=c.device, progress=c.progress,
-                                                         expert_dir=c.expert_dir))))
+                                                         expert_dir=c.expert_dir)),
+            self.run_dir, self.world_model_key()))
         stages.append(Stage(
             "actor and critic", f"{'MOPO with ' if c.model_based else ''}{c.algo} on the model's features, "
                                 f"{c.learner_steps} gradient steps -> {self.learner_dir}",
             c.episodes * steps / 1000 * MINUTES["features_per_1k_frames"] + c.learner_steps / 1000 * MINUTES["learner_per_1k_steps"],
-            lambda: (self.learner_dir / "learner.json").exists(), self.train_learner))
+            lambda: (self.learner_dir / "learner.json").exists(), self.train_learner,
+            self.learner_dir, {"algo": c.algo, "learner_steps": c.learner_steps, "learner": c.learner,
+                               "model_based": c.model_based, "penalty": c.penalty, "lam": c.lam, "mopo": c.mopo,
+                               "world_model": self.world_model_key()}))
         return stages
+
+    def world_model_key(self) -> dict:
+        c = self.cfg
+        return {"world_model": c.world_model, "preset": c.preset, "model": c.model, "weighting": c.weighting,
+                "store": os.path.normpath(c.store), "behavior": c.behavior, "episodes": c.episodes,
+                "episode_steps": c.episode_steps}
 
     def build(self) -> dict[str, float]:
         print(f"main job for {self.cfg.task}: each stage is cached, so a rerun skips what is done")
@@ -290,7 +328,7 @@ class MainJob:
         c = self.cfg
         model = world_models.load(self.checkpoint(), device=c.device)
         episodes = self.episodes()
-        cache = self.learner_dir.parent.parent.parent / f"features-{c.world_model}-{c.preset}-{c.seed}.npz"
+        cache = features_cache(self.learner_dir.parents[2], self.checkpoint(), model.max_context, episodes)
         real = feature_transitions(model, self.store, episodes, c.task, cache=cache, progress=c.progress)
         learner = Learner(c.algo, real.obs_dim, self.spec.action_dim, **{"gamma": 0.99, **c.learner})
         starts = StartWindows(self.store, episodes, task=c.task, context=model.max_context) if c.model_based else None

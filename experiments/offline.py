@@ -12,7 +12,6 @@ against gradient steps of every method run on this task and seed (WHALE's figure
 A killed run resumes from its last saved learner; its model buffer is refilled.
 """
 import csv
-import hashlib
 import os
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import envs  # noqa: E402
 from agents import FeaturePolicyAgent, ObservationPolicyAgent  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
-from agents.offline import MOPOConfig, feature_transitions, mopo  # noqa: E402
+from agents.offline import MOPOConfig, feature_transitions, features_cache, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats, StepSignal  # noqa: E402
 from world_models.checkpoint import hold_lock  # noqa: E402
@@ -113,8 +112,7 @@ def main(cfg: DictConfig) -> None:
     OmegaConf.save(cfg, out / "config.yaml")
     is_state = model.reads_states
     context = 1 if is_state else model.max_context
-    key = hashlib.sha1(f"{found.resolve()}|{context}|{[e.path.name for e in episodes]}".encode()).hexdigest()[:12]
-    cache = out.parent.parent / f"features-{model.name}-{key}.npz"
+    cache = features_cache(out.parent.parent, found, context, episodes)
     real = feature_transitions(model, store, episodes, cfg.task, context=context, cache=cache, progress=cfg.progress)
     dataset_return = float(np.mean([store.load(e).episode_return for e in episodes]))
     penalty = make_penalty(cfg, model, store, episodes, found)

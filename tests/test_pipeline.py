@@ -1,14 +1,20 @@
 """The main job's stages end to end on toy-reach (no expert stage there): data, a tiny world
 model with its report and start picture, an actor and critic on its features; a rerun
-finds every stage cached (a world model that lost its report is reported again), and the
-config's MPC agent plans with the results."""
+finds every stage cached (a world model that lost its report is reported again), a cache
+built from another config is refused by name, cached features are keyed by the weights
+they came from, and the config's MPC agent plans with the results."""
+import copy
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 import envs
+from agents.offline import features_cache
 from agents.pipeline import JobConfig, MainJob, make_mpc_agent
+from world_models.checkpoint import save_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml"
 
@@ -16,9 +22,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.
 def test_stages_build_once_and_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    job = MainJob(JobConfig(task="toy-reach", preset="tiny", behavior="random", episodes=6, episode_steps=None,
-                            num_envs=1, model={"tok_steps": 4, "dyn_steps": 4}, algo="td3+bc", learner_steps=20,
-                            store=str(tmp_path / "data"), progress=False))
+    job_cfg = JobConfig(task="toy-reach", preset="tiny", behavior="random", episodes=6, episode_steps=None,
+                        num_envs=1, model={"tok_steps": 4, "dyn_steps": 4}, algo="td3+bc", learner_steps=20,
+                        store=str(tmp_path / "data"), progress=False)
+    job = MainJob(job_cfg)
     took = job.build()
     assert set(took) == {"data", "world model", "actor and critic"}
     assert (job.run_dir / "quality.json").exists() and (job.run_dir / "toy-reach_zero_action_start.png").exists()
@@ -29,6 +36,22 @@ def test_stages_build_once_and_plan(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.count(" cached  ") == 3
     (job.run_dir / "quality.json").unlink()  # a report that failed after training: the stage reports again
     assert job.build().keys() == {"world model"} and (job.run_dir / "quality.json").exists()
+
+    with pytest.raises(ValueError, match=r"actor and critic: .* was built with learner_steps=20, not learner_steps=30"):
+        MainJob(replace(job_cfg, learner_steps=30)).build()
+    with pytest.raises(ValueError, match=r"world model: .* was built with model=.*\"dyn_steps\": 4.*, not model="):
+        MainJob(replace(job_cfg, model={"tok_steps": 4, "dyn_steps": 8})).build()
+    assert MainJob(replace(job_cfg, compile="inductor")).build() == {}  # how it trains fast is not in a key
+
+    folder, episodes = job.learner_dir.parents[2], job.episodes()
+    cache = features_cache(folder, job.checkpoint(), model.max_context, episodes)
+    assert [p.name for p in folder.glob("features-*.npz")] == [cache.name]  # the learner stage's features
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    retrained = save_checkpoint(tmp_path / "retrained", other)
+    assert features_cache(folder, retrained, model.max_context, episodes) != cache
+    assert features_cache(folder, job.checkpoint(), model.max_context, episodes[:-1]) != cache
 
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"task": "toy-reach", "planner": {"population": 8, "elites": 2,
                                                                                      "iterations": 1}})
