@@ -39,16 +39,16 @@ from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, split_episodes, train
 
-# Minutes on this project's 2-core CPU (software GL), measured with nothing else running;
-# the same machine has run 1.5x slower at other hours (docs/cup_catch.md, the issue notes).
+# Minutes on this project's 2-core CPU (software GL), measured from a fresh clone with
+# nothing else running; the same machine runs up to 1.5x faster at other hours (docs/cup_catch.md).
 MINUTES = {
-    "expert_per_1k_steps": 0.20,        # SAC on dm_control states, one torch thread
-    "collect_per_1k_frames": {"dmc": 0.45, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
+    "expert_per_1k_steps": 0.22,        # SAC on dm_control states, one torch thread
+    "collect_per_1k_frames": {"dmc": 0.40, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.20, "dynamics": 0.21}},
-    "world_model_report": {"small": 2.2},
-    "features_per_1k_frames": 0.07,    # each frame encoded once for all its context windows
-    "learner_per_1k_steps": 0.40,
+                         "small": {"tokenizer": 0.29, "dynamics": 0.28}},
+    "world_model_report": {"small": 3.1},
+    "features_per_1k_frames": 0.14,    # each frame encoded once for all its context windows
+    "learner_per_1k_steps": 0.55,
 }
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed", "noise", "medium", "medium-replay")
 
@@ -87,6 +87,9 @@ def build(stages: list[Stage]) -> dict[str, float]:
     for s in stages:
         check_key(s)
     todo = [s for s in stages if not s.done()]
+    for s in stages:
+        if s not in todo and s.folder is not None and not (s.folder / STAGE_KEY).exists():
+            print(f"  note: {s.folder} has no {STAGE_KEY} (built before stage keys), so its config is not checked")
     for s in stages:
         print(f"  {'cached' if s not in todo else 'to do':>7}  {s.name}: {s.what}"
               + (f" (about {s.minutes:.0f} min on a 2-core CPU)" if s in todo else ""))

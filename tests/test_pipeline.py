@@ -42,6 +42,9 @@ def test_stages_build_once_and_plan(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match=r"world model: .* was built with model=.*\"dyn_steps\": 4.*, not model="):
         MainJob(replace(job_cfg, model={"tok_steps": 4, "dyn_steps": 8})).build()
     assert MainJob(replace(job_cfg, compile="inductor")).build() == {}  # how it trains fast is not in a key
+    (job.learner_dir / "stage.json").unlink()  # a cache from before stage keys: used, and said so
+    capsys.readouterr()
+    assert job.build() == {} and "learner has no stage.json" in capsys.readouterr().out
 
     folder, episodes = job.learner_dir.parents[2], job.episodes()
     cache = features_cache(folder, job.checkpoint(), model.max_context, episodes)
