@@ -232,7 +232,7 @@ class JobConfig:
     compile: str | None = None                      # a torch.compile backend for the world model's training
     model: dict = field(default_factory=dict)       # world-model config overrides
     algo: str = "td3+bc"
-    learner_steps: int = 20_000
+    learner_steps: int = 10_000
     model_based: bool = False                       # MOPO rollouts in the learner stage
     penalty: str | None = None
     lam: float = 0.0
