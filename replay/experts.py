@@ -144,7 +144,6 @@ def train_sac_expert(task: str, *, steps: int = 100_000, learning_starts: int = 
     if spec.domain != "dmc" or spec.variant:
         raise ValueError(f"SAC experts are for base dm_control tasks; {task} is {spec.domain}"
                          f"{' variant ' + spec.variant if spec.variant else ''} (it has its own expert)")
-    torch.set_num_threads(threads)
     out = expert_path(task, expert_dir)
     snapshots: list[dict] = []
 
@@ -168,8 +167,12 @@ def train_sac_expert(task: str, *, steps: int = 100_000, learning_starts: int = 
 
     env = envs.make(task, obs="state", seed=seed)
     model = SAC("MlpPolicy", env, learning_starts=learning_starts, seed=seed, verbose=0, device="cpu")
-    t0 = time.perf_counter()
-    model.learn(total_timesteps=steps, callback=Progress())
+    t0, caller_threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model.learn(total_timesteps=steps, callback=Progress())
+    finally:  # the caller's later work (the main job's world model) keeps its threads
+        torch.set_num_threads(caller_threads)
     seconds = time.perf_counter() - t0
     actor = MLPActor.from_sb3(model.policy).eval()
     returns = evaluate_actor(actor, task, eval_episodes, seed=10_000 + seed)

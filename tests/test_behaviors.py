@@ -153,3 +153,20 @@ def test_an_agent_mixes_with_other_behaviours_and_sees_every_frame(tmp_path):
     assert 0 < sum(a.acted for a in CountingAgent.made) < sum(len(ep.actions) for ep in episodes)
     with pytest.raises(ValueError, match="give checkpoint="):
         make_behavior("curiosity", 2)
+
+
+def test_sac_expert_trains_on_one_thread_and_gives_the_caller_its_threads_back(tmp_path):
+    # the main job trains its world model in the same process right after the expert
+    import torch
+
+    from replay.experts import expert_path, train_sac_expert
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        metrics = train_sac_expert("cup-catch", steps=200, learning_starts=100, eval_episodes=1, snapshot_every=10_000,
+                                   expert_dir=tmp_path, threads=1, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert metrics["steps"] == 200 and (expert_path("cup-catch", tmp_path) / "actor.safetensors").exists()
