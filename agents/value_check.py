@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from agents.learner import Learner
-from agents.offline import episode_features
+from world_models import episode_features
 from agents.value_estimation import pearson
 from world_models import Simulator
 

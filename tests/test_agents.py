@@ -104,7 +104,7 @@ def test_penalty_by_name_is_divided_by_scene_motion():
 def test_value_check_pairs_values_with_returns_and_imagined_values():
     import world_models
     from agents.learner import Learner
-    from agents.offline import episode_features
+    from world_models import episode_features
     from agents.value_check import discounted_returns, summarize, value_check
 
     np.testing.assert_allclose(discounted_returns(np.array([1.0, 0.0, 2.0]), 0.5), [1.5, 1.0, 2.0])

@@ -11,7 +11,8 @@ import torch
 
 import world_models
 from replay import EpisodeStore, collect, make_expert
-from uncertainty.fidelity import StateProbe, WindowSampler, foreground_mask, foreground_psnr, fidelity_report
+from uncertainty.fidelity import (MLPProbe, StateProbe, WindowSampler, fidelity_report, foreground_mask,
+                                 foreground_psnr)
 from world_models.training import TrainConfig, train
 
 START = 8  # toy-reach's expert crosses the arena in at most 15 steps of 0.15
@@ -58,6 +59,16 @@ def test_state_probe_recovers_a_linear_state_and_not_noise():
     probe = StateProbe().fit(x[:400], states[:400])
     r2 = probe.r2(x[400:], states[400:])
     assert r2[0] > 0.99 and r2[1] < 0.1
+
+
+def test_mlp_probe_reads_a_nonlinear_state_that_ridge_misses():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3000, 8, generator=g) * 2 - 1
+    states = torch.stack([x[:, 0] * x[:, 1] + x[:, 2].abs(), torch.randn(3000, generator=g)], 1)  # no linear part
+    ridge = StateProbe().fit(x[:2500], states[:2500]).r2(x[2500:], states[2500:])
+    mlp = MLPProbe(hidden=64, steps=1500, seed=0).fit(x[:2500], states[:2500]).r2(x[2500:], states[2500:])
+    assert ridge[0] < 0.2 and mlp[0] > 0.8
+    assert mlp[1] < 0.1  # and no more from noise
 
 
 def test_window_sampler_splits_phases(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 import world_models
 from agents.learner import ALGOS, Learner
-from agents.offline import ModelBuffer, MOPOConfig, Transitions, episode_features, feature_transitions, mopo
+from agents.offline import ModelBuffer, MOPOConfig, Transitions, feature_transitions, mopo
 from replay import EpisodeStore, collect
 from world_models.checkpoint import save_checkpoint
 from world_models.imagined import StartWindows
@@ -116,7 +116,7 @@ def test_episode_features_encode_each_frame_once_and_match_each_window_read_alon
     actions = torch.rand(12, 2) * 2 - 1
     encode, encoded = model.encode, []
     model.encode = lambda x: encoded.append(x.shape[1]) or encode(x)
-    feats = episode_features(model, frames, actions, "toy-reach", 4, batch=5)
+    feats = world_models.episode_features(model, frames, actions, "toy-reach", 4, batch=5)
     del model.encode
     assert sum(encoded) == 13                                        # each frame once
     alone = torch.stack([model.features(frames[None, max(0, t - 3): t + 1], actions[None, max(0, t - 3): t] if t else None,

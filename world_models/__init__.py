@@ -12,6 +12,7 @@ from pathlib import Path
 from world_models.base import Imagination, Policy, SimState, Simulator, Step, WorldModel
 from world_models.blocks import compile_transformers
 from world_models.checkpoint import config_from_dict, find_checkpoint, load_weights, read_config
+from world_models.features import episode_features
 
 MODELS = ("dreamer4", "whale", "ensemble")
 
@@ -66,4 +67,4 @@ def load(path: str | Path, device: str = "cpu", **overrides) -> Simulator:
 
 
 __all__ = ["Imagination", "MODELS", "Policy", "SimState", "Simulator", "Step", "WorldModel", "compile_transformers",
-           "load", "make"]
+           "episode_features", "load", "make"]
