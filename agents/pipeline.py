@@ -40,15 +40,15 @@ from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, split_episodes, train
 
 # Minutes on this project's 2-core CPU (software GL), measured from a fresh clone with
-# nothing else running; the same machine runs up to 1.5x faster at other hours (docs/cup_catch.md).
+# nothing else running (docs/cup_catch.md).
 MINUTES = {
     "expert_per_1k_steps": 0.22,        # SAC on dm_control states, one torch thread
-    "collect_per_1k_frames": {"dmc": 0.40, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
+    "collect_per_1k_frames": {"dmc": 0.37, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.29, "dynamics": 0.28}},
-    "world_model_report": {"small": 3.1},
-    "features_per_1k_frames": 0.14,    # each frame encoded once for all its context windows
-    "learner_per_1k_steps": 0.55,
+                         "small": {"tokenizer": 0.19, "dynamics": 0.21}},
+    "world_model_report": {"small": 2.9},
+    "features_per_1k_frames": 0.10,    # each frame encoded once for all its context windows
+    "learner_per_1k_steps": 0.43,
 }
 EXPERT_BEHAVIORS = ("expert", "transformed", "mixed", "noise", "medium", "medium-replay")
 
