@@ -150,7 +150,7 @@ class MLPProbe:
     `[N, S]`, trained with AdamW on the squared error: what the features hold beyond a
     linear readout (a position coded by which tokens light up is not linear in them)."""
 
-    def __init__(self, hidden: int = 512, steps: int = 3000, batch: int = 256, lr: float = 1e-3,
+    def __init__(self, hidden: int = 256, steps: int = 2000, batch: int = 256, lr: float = 1e-3,
                  weight_decay: float = 1e-4, seed: int = 0):
         self.hidden, self.steps, self.batch, self.lr, self.weight_decay, self.seed = hidden, steps, batch, lr, weight_decay, seed
 
