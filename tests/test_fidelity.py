@@ -96,6 +96,9 @@ def test_metrics_see_the_rare_approach(report):
     assert report["start/reward_mae"] > 2 * report["rest/reward_mae"]
     assert report["start/rollout_fg_psnr"] < report["rest/rollout_fg_psnr"]  # and its rollouts lose the moving agent
     assert report["start/bc_mse"] > 2 * report["rest/bc_mse"]  # and its BC head misses the approach (0.15 vs 0.01)
+    # the linear probe reads the agent worse in the rare phase; the MLP probe reads what is there
+    assert report["start/probe_r2/x"] < report["rest/probe_r2/x"]
+    assert report["start/mlp_probe_r2/x"] > max(0.9, report["start/probe_r2/x"])
 
 
 def test_the_expert_target_is_the_recorded_action_on_expert_data(report):

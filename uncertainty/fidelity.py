@@ -266,13 +266,13 @@ def rollout_report(model: WorldModel, w: Windows, context: int, task: str, seed:
 
 def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeInfo], held: list[EpisodeInfo],
                     task: str, *, windows: int = 128, horizon: int = 8, context: int | None = None,
-                    start_steps: int = 50, mlp_probe: bool = True, seed: int = 0,
+                    start_steps: int = 50, seed: int = 0,
                     expert: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
     """Per phase (`start`: frames before `start_steps`, `rest`) of `held` episodes:
     recon / rollout PSNR and foreground PSNR and the reward error on `windows` windows of
     `horizon` imagined steps; the state probes' R² per named state dimension on every
     held-out frame (`<phase>/probe_r2/<name>`: ridge; `<phase>/mlp_probe_r2/<name>`: the
-    `MLPProbe`, with `mlp_probe`); and the BC head's action error (`bc_mse`) next to always
+    `MLPProbe`); and the BC head's action error (`bc_mse`) next to always
     taking the mean action (`bc_mse_mean_action`). The probes and the mean action are fit on
     every frame of `train`. Phases with no window are left out.
 
@@ -288,9 +288,8 @@ def fidelity_report(model: WorldModel, store: EpisodeStore, train: list[EpisodeI
     names = envs.make(task, obs="state").state_names()
     rng = np.random.default_rng(seed)
     fit = frame_features(model, store, train, task, context)
-    probes = {"probe_r2": StateProbe().fit(fit.features, fit.states)}
-    if mlp_probe:
-        probes["mlp_probe_r2"] = MLPProbe(seed=seed).fit(fit.features, fit.states)
+    probes = {"probe_r2": StateProbe().fit(fit.features, fit.states),
+              "mlp_probe_r2": MLPProbe(seed=seed).fit(fit.features, fit.states)}
     mean_action = fit.actions.mean(0)
     scored = frame_features(model, store, held, task, context)
     sampler = WindowSampler(store, held, context=context, horizon=horizon, start_steps=start_steps)
