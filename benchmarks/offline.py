@@ -4,12 +4,15 @@ one dataset, over seeds, printed as one table (mean ± std of the final real ret
     python benchmarks/offline.py --task toy-reach --store runs/data --checkpoint <world model> [--seeds 3]
     python benchmarks/offline.py --task toy-reach --store runs/data --state   # the state ensemble
     python benchmarks/offline.py ... --rows bc,iql,mopo                        # a subset of the rows
+    python benchmarks/offline.py ... --rows mopo:lam0,mopo:max_std             # single MOPO rows
 
 Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
 mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, u_f or token_entropy for
-pixel models; max_std and disagreement for the state ensemble). Every row learns from the
-same store and the same real transitions; the environment only evaluates. With `--state`
-the learners read recorded states and MOPO imagines with a state ensemble trained here.
+pixel models; max_std and disagreement for the state ensemble); `mopo` is all of these, and
+`mopo:lam0` or `mopo:<signal>` one of them. Every row learns from the same store and the same
+real transitions; the environment only evaluates. With `--state` the learners read recorded
+states and MOPO imagines with a state ensemble trained here; a `--checkpoint` of a state
+ensemble (`experiments/train.py world_model=ensemble`) is read the same way, untrained.
 """
 import argparse
 import time
@@ -22,7 +25,7 @@ import world_models
 from agents import FeaturePolicyAgent, ObservationPolicyAgent
 from agents.evaluate import evaluate
 from agents.learner import Learner
-from agents.offline import MOPOConfig, feature_transitions, mopo
+from agents.offline import MOPOConfig, feature_transitions, learner_hyper, mopo
 from replay import EpisodeStore
 from uncertainty import MotionStats, StepSignal
 from world_models.imagined import StartWindows
@@ -34,7 +37,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="toy-reach")
     p.add_argument("--store", default="runs/data")
-    p.add_argument("--checkpoint", default=None, help="a pixel world model (features and imagination)")
+    p.add_argument("--checkpoint", default=None, help="a pixel world model (features and imagination), or a trained state ensemble")
     p.add_argument("--state", action="store_true", help="learn on recorded states with a state ensemble")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3000)
@@ -47,23 +50,26 @@ def main() -> None:
     p.add_argument("--rows", default=",".join(ROWS), help="the rows to run, comma-separated (mopo: λ = 0 and each signal)")
     args = p.parse_args()
     if args.state == bool(args.checkpoint):
-        raise SystemExit("error: give --checkpoint (a pixel world model) or --state")
+        raise SystemExit("error: give --checkpoint (a world model) or --state")
     chosen = set(args.rows.split(","))
-    if not chosen <= set(ROWS):
-        raise SystemExit(f"error: unknown rows {sorted(chosen - set(ROWS))}; choose from {','.join(ROWS)}")
+    unknown = {r for r in chosen if r.split(":")[0] not in ROWS or r.startswith(("bc:", "cql:", "iql:", "td3+bc:"))}
+    if unknown:
+        raise SystemExit(f"error: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}, mopo:lam0, mopo:<signal>")
     torch.set_num_threads(args.threads)
     store = EpisodeStore(args.store)
     episodes = store.episodes(task=args.task)
     if not episodes:
         raise SystemExit(f"error: no {args.task} episodes in {args.store}")
     spec = envs.task_spec(args.task)
-    if args.state:
+    model = world_models.load(args.checkpoint) if args.checkpoint else None
+    args.state = model is None or model.reads_states
+    if model is None:
         model = world_models.make("ensemble", "small", tasks=(args.task,))
         print(f"training the state ensemble on {len(episodes)} episodes")
         model.fit(store, episodes, progress=False)
+    if args.state:
         signals, context, motion = ["max_std", "disagreement"], 1, None
     else:
-        model = world_models.load(args.checkpoint)
         signals = ["u_r", "u_s", *(["u_f"] if "flow_instability" in model.native_signals else []),
                    *(["token_entropy"] if "token_entropy" in model.native_signals else [])]
         context = model.max_context
@@ -81,9 +87,14 @@ def main() -> None:
             (lambda s: FeaturePolicyAgent(model, act, args.task, context=context))
 
     rows = [(a, a, False, None, 0.0) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
-    if "mopo" in chosen:
-        rows += [(f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0),
-                 *[(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals]]
+    picked = [r.split(":")[1] for r in chosen if r.startswith("mopo:")]
+    bad = set(picked) - {"lam0", *signals}
+    if bad:
+        raise SystemExit(f"error: {model.name} offers no signal {sorted(bad)}; it offers {', '.join(signals)}")
+    if "mopo" in chosen or "lam0" in picked:
+        rows.append((f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0))
+    rows += [(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals
+             if "mopo" in chosen or s in picked]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
           f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each, "
           f"rewards x {args.reward_scale:g}")
@@ -92,7 +103,7 @@ def main() -> None:
         returns, successes, t0 = [], [], time.perf_counter()
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            learner = Learner(algo, real.obs_dim, spec.action_dim, gamma=0.99, reward_scale=args.reward_scale)
+            learner = Learner(algo, real.obs_dim, spec.action_dim, **learner_hyper(algo, reward_scale=args.reward_scale))
             penalty = StepSignal(signal, model, motion=motion, task=args.task) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500)
             ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,
@@ -104,9 +115,10 @@ def main() -> None:
         success = f"  success {np.mean(successes):.0%}" if successes else ""
         print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f}{success} "
               f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-    if "mopo" not in chosen:
+    penalised = [(np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo")]
+    if not penalised or f"mopo-{args.algo} λ=0" not in results:
         return
-    best_penalised = max((np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo"))
+    best_penalised = max(penalised)
     print(f"\ndataset mean {dataset:.1f}; best penalty: {best_penalised[1]} ({best_penalised[0]:.1f}) "
           f"vs λ = 0 ({np.mean(results[f'mopo-{args.algo} λ=0']):.1f})")
 

@@ -29,7 +29,7 @@ import envs  # noqa: E402
 from agents import FeaturePolicyAgent, ObservationPolicyAgent  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
-from agents.offline import MOPOConfig, feature_transitions, features_cache, mopo  # noqa: E402
+from agents.offline import MOPOConfig, feature_transitions, features_cache, learner_hyper, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import KNNDistance, MotionStats, StepSignal  # noqa: E402
 from world_models.checkpoint import hold_lock  # noqa: E402
@@ -117,7 +117,7 @@ def main(cfg: DictConfig) -> None:
     dataset_return = float(np.mean([store.load(e).episode_return for e in episodes]))
     penalty = make_penalty(cfg, model, store, episodes, found)
     spec = envs.task_spec(cfg.task)
-    hyper = {"gamma": 0.99, "batch_size": cfg.mopo.batch, **OmegaConf.to_container(cfg.learner)}
+    hyper = learner_hyper(cfg.algo, batch_size=cfg.mopo.batch, **OmegaConf.to_container(cfg.learner))
     learner_dir = out / "learner"
     resumed = cfg.resume and (learner_dir / "learner.json").exists()
     if resumed:
