@@ -114,7 +114,7 @@ def main() -> None:
         results[name] = returns
         success = f"  success {np.mean(successes):.0%}" if successes else ""
         print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f}{success} "
-              f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+              f"({(time.perf_counter() - t0) / 60:.1f} min; seeds: {', '.join(f'{r:.1f}' for r in returns)})", flush=True)
     penalised = [(np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo")]
     if not penalised or f"mopo-{args.algo} λ=0" not in results:
         return
