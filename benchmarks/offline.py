@@ -62,6 +62,8 @@ def main() -> None:
         raise SystemExit(f"error: no {args.task} episodes in {args.store}")
     spec = envs.task_spec(args.task)
     model = world_models.load(args.checkpoint) if args.checkpoint else None
+    if model is not None and args.task not in model.tasks:
+        raise SystemExit(f"error: {args.checkpoint} was trained on {list(model.tasks)}, not {args.task}")
     args.state = model is None or model.reads_states
     if model is None:
         model = world_models.make("ensemble", "small", tasks=(args.task,))
@@ -74,6 +76,10 @@ def main() -> None:
                    *(["token_entropy"] if "token_entropy" in model.native_signals else [])]
         context = model.max_context
         motion = MotionStats.fit(store, model, episodes, windows=128)
+    picked = [r.split(":")[1] for r in chosen if r.startswith("mopo:")]
+    bad = set(picked) - {"lam0", *signals}
+    if bad:
+        raise SystemExit(f"error: {model.name} offers no signal {sorted(bad)}; it offers {', '.join(signals)}")
     real = feature_transitions(model, store, episodes, args.task, context=context, progress=False)
     dataset = float(np.mean([store.load(e).episode_return for e in episodes]))
     env = envs.make(args.task, obs="state" if args.state else "pixels",
@@ -87,10 +93,6 @@ def main() -> None:
             (lambda s: FeaturePolicyAgent(model, act, args.task, context=context))
 
     rows = [(a, a, False, None, 0.0) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
-    picked = [r.split(":")[1] for r in chosen if r.startswith("mopo:")]
-    bad = set(picked) - {"lam0", *signals}
-    if bad:
-        raise SystemExit(f"error: {model.name} offers no signal {sorted(bad)}; it offers {', '.join(signals)}")
     if "mopo" in chosen or "lam0" in picked:
         rows.append((f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0))
     rows += [(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals
