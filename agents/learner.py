@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from world_models.checkpoint import load_module, read_json, read_weights, sha256
 
 ALGOS = ("sac", "cql", "iql", "td3+bc", "bc")
+EXPLORE_STD = 0.2   # TD3+BC's target-smoothing noise; exploration noise of deterministic policies
 
 
 def d3rlpy():
@@ -96,11 +97,19 @@ class Learner:
         return self.algo.update(batch)
 
     def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
-        """Actions `[N, A]` for observations `[N, F]` (sampled from the policy with `explore`)."""
+        """Actions `[N, A]` for observations `[N, F]`. With `explore`, stochastic policies
+        (SAC, CQL, IQL) sample; deterministic ones (TD3+BC, BC) add Gaussian noise of std
+        `EXPLORE_STD` (torch's global generator), clipped to [-1, 1]. Imagined rollouts act
+        so: with the policy's own mean action, IQL's in-sample advantage is 0 on every
+        imagined transition and MOPO-IQL learns nothing (docs/offline.md)."""
         obs = np.ascontiguousarray(obs, np.float32)
-        if explore and self.name in ("sac", "cql"):
+        if explore and self.name in ("sac", "cql", "iql"):
             return self.algo.sample_action(obs)
-        return self.algo.predict(obs)
+        action = self.algo.predict(obs)
+        if explore:
+            noise = EXPLORE_STD * torch.randn(action.shape).numpy()
+            action = np.clip(action + noise, -1, 1).astype(np.float32)
+        return action
 
     @torch.no_grad()
     def policy(self, obs: Tensor) -> Tensor:

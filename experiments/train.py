@@ -62,6 +62,7 @@ def train_state_ensemble(cfg: DictConfig, tasks: list[str], store: EpisodeStore,
     for k, v in info.items():
         print(f"{k:<40}{v:10.4g}")
     print(f"{'held-out one-step MSE (sampled)':<40}{(step.features[:, :S] - s2).pow(2).mean().item():10.4g}")
+    print(f"{'held-out one-step MSE (elite mean)':<40}{(model.mean_next_state(f, a) - s2).pow(2).mean().item():10.4g}")
     print(f"{'held-out repeat-the-state MSE':<40}{(f[:, :S] - s2).pow(2).mean().item():10.4g}")
     print(f"checkpoint: {out / 'checkpoint'}")
 

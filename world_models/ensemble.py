@@ -4,7 +4,8 @@ K Gaussian MLPs predict the change of state and the reward from `[state, action]
 train together on every transition of the store's recorded states, with early stopping on
 held-out transitions, and the `elites` members with the lowest held-out error roll out:
 each imagined transition is sampled from one elite drawn at random (MOPO). Log-variances
-are softly bounded by learned limits (PETS). Native signals:
+are softly bounded by learned limits (PETS); the means fit by squared error and the variances
+by NLL, so that no output is given up to a large variance. Native signals:
 - `max_std`: MOPO's penalty, the largest norm of a member's predicted std;
 - `disagreement`: the largest distance of a member's mean from the elites' mean.
 
@@ -41,6 +42,7 @@ class EnsembleConfig:
     layers: int = 4
     lr: float = 1e-3
     weight_decay: float = 5e-5
+    split_loss: bool = True         # means by squared error, variances by NLL (False: joint NLL)
     batch: int = 256
     holdout: float = 0.1            # share of transitions held out for early stopping
     max_epochs: int = 200
@@ -113,6 +115,7 @@ class Ensemble(Simulator, nn.Module):
         for name, size in (("in_mean", F + A), ("in_std", F + A), ("out_mean", S + 1), ("out_std", S + 1)):
             self.register_buffer(name, torch.zeros(size) if "mean" in name else torch.ones(size))
         self.register_buffer("elite_idx", torch.arange(cfg.elites))
+        self.register_buffer("active", torch.ones(S + 1))  # 0: an output the data never changes
 
     def config_dict(self) -> dict:
         return {"name": self.name, "tasks": list(self.tasks), "config": asdict(self.cfg)}
@@ -142,20 +145,36 @@ class Ensemble(Simulator, nn.Module):
         mean, logvar = self.head(x).chunk(2, -1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar
+        return mean * self.active, logvar
 
     def loss(self, features: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
-        """Gaussian NLL of `[K, N, S + 1]` raw targets, plus the log-variance bound term."""
+        """Loss of `[K, N, S + 1]` raw targets over the active outputs: the means fit by
+        squared error, the log-variances by Gaussian NLL around the (detached) means, plus
+        the log-variance bound term. Under a joint NLL a member explains hard outputs by
+        raising their variance and stops fitting their means (plate-slide's hand:
+        docs/offline.md)."""
         mean, logvar = self(features, actions)
         y = (targets - self.out_mean) / self.out_std
-        nll = ((mean - y).pow(2) * torch.exp(-logvar) + logvar).mean((1, 2)).sum()
+        if self.cfg.split_loss:
+            err = (mean - y).pow(2) + (mean.detach() - y).pow(2) * torch.exp(-logvar) + logvar
+        else:
+            err = (mean - y).pow(2) * torch.exp(-logvar) + logvar
+        nll = (err * self.active).sum(2).mean(1).sum() / self.active.sum()
         return nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
 
     @torch.no_grad()
     def member_errors(self, features: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
-        """`[K]` normalised MSE of each member's mean on `[N, ...]` transitions."""
+        """`[K]` normalised MSE of each member's mean on `[N, ...]` transitions (active outputs)."""
         mean, _ = self(features, actions)
-        return (mean - (targets - self.out_mean) / self.out_std).pow(2).mean((1, 2))
+        err = (mean - (targets - self.out_mean) / self.out_std).pow(2) * self.active
+        return err.sum(2).mean(1) / self.active.sum()
+
+    @torch.no_grad()
+    def mean_next_state(self, features: Tensor, actions: Tensor) -> Tensor:
+        """`[N, S]` the elites' mean prediction of the next state (no sampling)."""
+        mean, _ = self(features, actions)
+        delta = mean[self.elite_idx].mean(0) * self.out_std + self.out_mean
+        return features[:, : self.cfg.state_dim] + delta[:, :-1]
 
     def member_keys(self) -> list[str]:
         """State-dict keys of the per-member weights (leading dim = members)."""
@@ -178,6 +197,10 @@ class Ensemble(Simulator, nn.Module):
         self.in_std.copy_(inputs.std(0).clamp(min=1e-6))
         self.out_mean.copy_(targets[train].mean(0))
         self.out_std.copy_(targets[train].std(0).clamp(min=1e-6))
+        # Meta-World's padding and resting objects never change: they are predicted as
+        # constants, since their noise-level targets would otherwise dominate the NLL
+        self.active.copy_((targets[train].std(0) > 1e-6).float())
+        self.active[-1] = 1.0
         dev = self.device
         s, a, targets = s.to(dev), a.to(dev), targets.to(dev)
         opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -275,7 +298,7 @@ class Ensemble(Simulator, nn.Module):
         a = a[:, : self.cfg.action_dim]
         mean, logvar = self(s, a)
         S, A = self.cfg.state_dim, self.cfg.action_dim
-        mean, std = mean[self.elite_idx], (0.5 * logvar[self.elite_idx]).exp()   # [E, R, S + 1]
+        mean, std = mean[self.elite_idx], (0.5 * logvar[self.elite_idx]).exp() * self.active   # [E, R, S + 1]
         R = len(s)
         pick = torch.randint(len(self.elite_idx), (R,), generator=state.generator, device=s.device)
         rows = torch.arange(R, device=s.device)
