@@ -101,7 +101,7 @@ class Learner:
         (SAC, CQL, IQL) sample; deterministic ones (TD3+BC, BC) add Gaussian noise of std
         `EXPLORE_STD` (torch's global generator), clipped to [-1, 1]. Imagined rollouts act
         so: with the policy's own mean action, IQL's in-sample advantage is 0 on every
-        imagined transition and MOPO-IQL learns nothing (docs/offline.md)."""
+        imagined transition, and MOPO-IQL learns from the real share alone (docs/offline.md)."""
         obs = np.ascontiguousarray(obs, np.float32)
         if explore and self.name in ("sac", "cql", "iql"):
             return self.algo.sample_action(obs)

@@ -96,7 +96,7 @@ def feature_transitions(model: Simulator, store: EpisodeStore, episodes: list[Ep
         if uses_states:
             if ep.states is None:
                 raise ValueError(f"{info.path}: the state ensemble needs recorded states")
-            feats = model.state_features(ep.states, ep.actions)
+            feats = torch.from_numpy(ep.states).float()
         else:
             feats = episode_features(model, torch.from_numpy(ep.frames).to(device),
                                      torch.from_numpy(ep.actions).to(device), task, context)

@@ -22,7 +22,7 @@ import torch
 
 import envs
 import world_models
-from agents import FeaturePolicyAgent
+from agents import FeaturePolicyAgent, ObservationPolicyAgent
 from agents.evaluate import evaluate
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, learner_hyper, mopo
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"training the state ensemble on {len(episodes)} episodes")
         model.fit(store, episodes, progress=False)
     if args.state:
-        signals, context, motion = ["max_std", "disagreement"], model.max_context, None
+        signals, context, motion = ["max_std", "disagreement"], 1, None
     else:
         signals = ["u_r", "u_s", *(["u_f"] if "flow_instability" in model.native_signals else []),
                    *(["token_entropy"] if "token_entropy" in model.native_signals else [])]
@@ -89,7 +89,8 @@ def main() -> None:
 
     def agent_for(learner):
         act = lambda o: learner.act(o[None])[0]  # noqa: E731
-        return lambda s: FeaturePolicyAgent(model, act, args.task, context=context)
+        return (lambda s: ObservationPolicyAgent(act)) if args.state else \
+            (lambda s: FeaturePolicyAgent(model, act, args.task, context=context))
 
     rows = [(a, a, False, None, 0.0) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
     if "mopo" in chosen or "lam0" in picked:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 import envs  # noqa: E402
-from agents import FeaturePolicyAgent  # noqa: E402
+from agents import FeaturePolicyAgent, ObservationPolicyAgent  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
 from agents.offline import MOPOConfig, feature_transitions, features_cache, learner_hyper, mopo  # noqa: E402
@@ -111,7 +111,7 @@ def main(cfg: DictConfig) -> None:
     hold_lock(out)
     OmegaConf.save(cfg, out / "config.yaml")
     is_state = model.reads_states
-    context = model.max_context
+    context = 1 if is_state else model.max_context
     cache = features_cache(out.parent.parent, found, context, episodes)
     real = feature_transitions(model, store, episodes, cfg.task, context=context, cache=cache, progress=cfg.progress)
     dataset_return = float(np.mean([store.load(e).episode_return for e in episodes]))
@@ -137,7 +137,7 @@ def main(cfg: DictConfig) -> None:
         return learner.act(obs[None])[0]
 
     def agent(seed: int):
-        return FeaturePolicyAgent(model, act, cfg.task, context=context)
+        return ObservationPolicyAgent(act) if is_state else FeaturePolicyAgent(model, act, cfg.task, context=context)
 
     def run_eval(learner: Learner) -> dict[str, float]:
         return evaluate(env, agent, cfg.eval_episodes, seed=10_000 * (cfg.seed + 1))

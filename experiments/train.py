@@ -55,15 +55,14 @@ def train_state_ensemble(cfg: DictConfig, tasks: list[str], store: EpisodeStore,
           f"{len(train_eps)} train / {len(held_eps)} held-out episodes -> {out}")
     info = model.fit(store, train_eps, seed=cfg.seed, progress=cfg.progress)
     save_checkpoint(out / "checkpoint", model)
-    S = model.cfg.state_dim
-    f, a, _, s2 = transitions(store, held_eps or train_eps, S, model.cfg.action_dim, model.cfg.history)
+    s, a, _, s2 = transitions(store, held_eps or train_eps, model.cfg.state_dim, model.cfg.action_dim)
     with torch.no_grad():
-        state, step = model.step(model.start_features(f, generator=torch.Generator().manual_seed(cfg.seed)), a)
+        state, step = model.step(model.start(s, generator=torch.Generator().manual_seed(cfg.seed)), a)
     for k, v in info.items():
         print(f"{k:<40}{v:10.4g}")
-    print(f"{'held-out one-step MSE (sampled)':<40}{(step.features[:, :S] - s2).pow(2).mean().item():10.4g}")
-    print(f"{'held-out one-step MSE (elite mean)':<40}{(model.mean_next_state(f, a) - s2).pow(2).mean().item():10.4g}")
-    print(f"{'held-out repeat-the-state MSE':<40}{(f[:, :S] - s2).pow(2).mean().item():10.4g}")
+    print(f"{'held-out one-step MSE (sampled)':<40}{(step.latent - s2).pow(2).mean().item():10.4g}")
+    print(f"{'held-out one-step MSE (elite mean)':<40}{(model.mean_next_state(s, a) - s2).pow(2).mean().item():10.4g}")
+    print(f"{'held-out repeat-the-state MSE':<40}{(s - s2).pow(2).mean().item():10.4g}")
     print(f"checkpoint: {out / 'checkpoint'}")
 
 

@@ -109,44 +109,47 @@ def test_the_ensemble_ranks_policies_and_values_them_closed_loop(data, ensemble,
     assert value_gap(real, trained_v) < 0.2 * value_gap(real, untrained_v)
 
 
-def lagging_store(root, episodes=40, steps=40, seed=0) -> EpisodeStore:
-    """toy-reach-shaped episodes whose position moves by the *previous* action, as
-    Meta-World's hand follows its mocap target a step late."""
+def plate_slide_states(root, per_behavior: int, seed: int) -> EpisodeStore:
+    """Meta-World plate-slide episodes of states only (blank 4 px frames: no rendering), from
+    the expert, Gaussian noise σ = 0.5 and random."""
+    import envs
     from replay import Episode
+    from replay.behaviors import make_behavior
+    from replay.experts import make_expert
 
-    rng, store = np.random.default_rng(seed), EpisodeStore(root)
-    for e in range(episodes):
-        a = rng.uniform(-1, 1, (steps, 2)).astype(np.float32)
-        s = np.zeros((steps + 1, 4), np.float32)
-        s[0, :2], s[:, 2:] = rng.uniform(-0.5, 0.5, 2), rng.uniform(-0.5, 0.5, 2)
-        for t in range(steps):
-            s[t + 1, :2] = s[t, :2] + 0.1 * (a[t - 1] if t else 0)
-        r = -np.linalg.norm(s[1:, :2] - s[1:, 2:], axis=1).astype(np.float32)
-        store.add(Episode(np.zeros((steps + 1, 3, 8, 8), np.uint8), a, r, "toy-reach", "random", e, states=s))
+    store, env, expert = EpisodeStore(root), envs.make("mw-plate-slide", obs="state"), make_expert("mw-plate-slide")
+    for i, name in enumerate(("expert", "noise-gaussian-0.5", "random")):
+        for k in range(per_behavior):
+            behavior = make_behavior(name, 4, expert)
+            behavior.reset(np.random.default_rng([seed, i, k]))
+            obs, info = env.reset(seed=seed * 1000 + 10 * i + k)
+            behavior.begin(obs)
+            states, actions, rewards = [info["state"]], [], []
+            for _ in range(100):
+                a = np.asarray(behavior(states[-1]), np.float32)
+                obs, r, _, _, info = env.step(a)
+                behavior.see(a, obs)
+                states.append(info["state"]), actions.append(a), rewards.append(r)
+            store.add(Episode(np.zeros((101, 3, 4, 4), np.uint8), np.array(actions), np.array(rewards, np.float32),
+                              "mw-plate-slide", behavior.name, k, states=np.array(states, np.float32)))
+    env.close()
     return store
 
 
-def test_history_lets_the_ensemble_fit_a_hand_that_lags_its_action(tmp_path):
-    # when written (sampled one-step MSE): 3.3e-05 with the previous action, 3.2e-03 without, 1.6e-03
-    # for repeating the state (a sample adds its own variance to a prediction that cannot know the step)
-    train, held = lagging_store(tmp_path / "train"), lagging_store(tmp_path / "held", 10, seed=1)
+def test_means_fit_by_squared_error_learn_the_hand_a_joint_nll_gives_up(tmp_path):
+    # when written, held-out one-step MSE of the elites' mean: split 3.5e-06, joint NLL 1.8e-05,
+    # repeating the state 2.1e-05 (other seeds: 4.0e-06, 1.4e-05, 1.6e-05; the small preset on
+    # 90 collected episodes: 2.5e-06 against 2.6e-05)
+    train, held = plate_slide_states(tmp_path / "train", 10, 0), plate_slide_states(tmp_path / "held", 2, 1)
+    s, a, _, s2 = transitions(held, held.episodes(), 39, 4)
     errors = {}
-    for h in (0, 1):
+    for split in (True, False):
         torch.manual_seed(0)
-        model = world_models.make("ensemble", "tiny", tasks=("toy-reach",), history=h, max_epochs=40)
+        model = world_models.make("ensemble", "tiny", tasks=("mw-plate-slide",), split_loss=split)
         model.fit(train, train.episodes(), progress=False)
-        f, a, _, s2 = transitions(held, held.episodes(), 4, 2, history=h)
-        _, out = model.step(model.start_features(f, generator=torch.Generator().manual_seed(0)), a)
-        errors[h] = (out.features[:, :4] - s2).pow(2).mean().item()
-    repeat = (f[:, :4] - s2).pow(2).mean().item()
-    print(f"one-step MSE: history 1 {errors[1]:.2e}, history 0 {errors[0]:.2e}, repeat {repeat:.2e}")
-    assert errors[1] < 0.1 * errors[0] and errors[0] > 0.5 * repeat
-    # a context of states and actions starts where the episode's features say; a step carries the action
-    ep = held.load(held.episodes()[0])
-    feats = model.state_features(ep.states, ep.actions)
-    state = model.start(torch.from_numpy(ep.states[None, 3:5]), torch.from_numpy(ep.actions[None, 3:4]))
-    torch.testing.assert_close(state.features[0], feats[4])
-    torch.testing.assert_close(model.start(torch.from_numpy(ep.states[:1])).features[0], feats[0])
-    _, out = model.step(state, torch.from_numpy(ep.actions[None, 4]))
-    torch.testing.assert_close(out.features[0, 4:], torch.from_numpy(ep.actions[4]))
-    assert model.max_context == 2 and model.feature_dim == 6
+        errors[split] = (model.mean_next_state(s, a) - s2).pow(2).mean().item()
+        if split:  # the plate's padding and resting dims never change: they are constants
+            assert model.active[6:18].eq(0).all() and model.active[:6].eq(1).all() and model.active[-1] == 1
+    repeat = (s - s2).pow(2).mean().item()
+    print(f"held-out one-step MSE: split {errors[True]:.2e}, joint NLL {errors[False]:.2e}, repeat {repeat:.2e}")
+    assert errors[True] < 0.5 * errors[False] and errors[True] < 0.5 * repeat

@@ -10,9 +10,7 @@ by NLL, so that no output is given up to a large variance. Native signals:
 - `disagreement`: the largest distance of a member's mean from the elites' mean.
 
 It is the fast CPU model for offline RL on `obs="state"` tasks, and the ensemble anchor of
-MOPO and OfflineRL-Kit. Its features are the states, followed by the `history` actions
-before them when it reads past actions: Meta-World's hand follows its action a step late,
-so the state alone does not say where the hand is going (docs/offline.md).
+MOPO and OfflineRL-Kit. Observations and features are the states themselves.
 """
 from __future__ import annotations
 
@@ -35,7 +33,6 @@ from world_models.base import SimState, Simulator, Step, preset_config
 class EnsembleConfig:
     state_dim: int = 4
     action_dim: int = 2
-    history: int = 0                # previous actions read with the state (and carried in the features)
     members: int = 7
     elites: int = 5
     hidden: int = 200
@@ -54,13 +51,6 @@ class EnsembleConfig:
             raise ValueError(f"need 1 <= elites <= members, got {self.elites} and {self.members}")
         if self.state_dim < 1 or self.action_dim < 1:
             raise ValueError("state_dim and action_dim must be >= 1")
-        if self.history < 0:
-            raise ValueError(f"history must be >= 0 actions, got {self.history}")
-
-    @property
-    def feature_dim(self) -> int:
-        """The state and the `history` actions before it."""
-        return self.state_dim + self.history * self.action_dim
 
 
 PRESETS = {
@@ -91,12 +81,11 @@ class EnsembleLinear(nn.Module):
 
 @dataclass
 class EnsembleState(SimState):
-    """`SimState` of the ensemble: the features `[R, S + history * A]` (state, past actions)."""
+    """`SimState` of the ensemble: the states `[R, S]` are the features."""
 
 
 class Ensemble(Simulator, nn.Module):
-    """See the module docstring. `start(states [B, S] or [B, T0, S], context_actions)`,
-    `step(state, actions [B, A])`."""
+    """See the module docstring. `start(states [B, S])`, `step(state, actions [B, A])`."""
 
     name = "ensemble"
     native_signals = ("max_std", "disagreement")
@@ -106,13 +95,13 @@ class Ensemble(Simulator, nn.Module):
         super().__init__()
         self.cfg, self.tasks = cfg, tuple(tasks)
         self.action_dim = cfg.action_dim
-        S, A, H, K, F = cfg.state_dim, cfg.action_dim, cfg.hidden, cfg.members, cfg.feature_dim
-        dims = [F + A] + [H] * cfg.layers
+        S, A, H, K = cfg.state_dim, cfg.action_dim, cfg.hidden, cfg.members
+        dims = [S + A] + [H] * cfg.layers
         self.body = nn.ModuleList(EnsembleLinear(K, i, o) for i, o in zip(dims[:-1], dims[1:]))
         self.head = EnsembleLinear(K, H, 2 * (S + 1))
         self.max_logvar = nn.Parameter(torch.full((S + 1,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((S + 1,), -10.0))
-        for name, size in (("in_mean", F + A), ("in_std", F + A), ("out_mean", S + 1), ("out_std", S + 1)):
+        for name, size in (("in_mean", S + A), ("in_std", S + A), ("out_mean", S + 1), ("out_std", S + 1)):
             self.register_buffer(name, torch.zeros(size) if "mean" in name else torch.ones(size))
         self.register_buffer("elite_idx", torch.arange(cfg.elites))
         self.register_buffer("active", torch.ones(S + 1))  # 0: an output the data never changes
@@ -126,18 +115,13 @@ class Ensemble(Simulator, nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return self.cfg.feature_dim
-
-    @property
-    def max_context(self) -> int:
-        """States a start reads: the last one, and those whose actions fill the history."""
-        return self.cfg.history + 1
+        return self.cfg.state_dim
 
     # ---- the networks ----------------------------------------------------------------------
-    def forward(self, features: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Features `[K, N, F]`, actions `[K, N, A]` (or `[N, ...]`, shared) -> normalised mean
-        and log-variance `[K, N, S + 1]` of `[Δstate, reward]`."""
-        x = (torch.cat([features, actions], -1) - self.in_mean) / self.in_std
+    def forward(self, states: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """`[K, N, S]`, `[K, N, A]` (or `[N, ...]`, shared) -> normalised mean and log-variance
+        `[K, N, S + 1]` of `[Δstate, reward]`."""
+        x = (torch.cat([states, actions], -1) - self.in_mean) / self.in_std
         if x.ndim == 2:
             x = x.expand(self.cfg.members, *x.shape)
         for layer in self.body:
@@ -147,13 +131,13 @@ class Ensemble(Simulator, nn.Module):
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean * self.active, logvar
 
-    def loss(self, features: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
+    def loss(self, states: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
         """Loss of `[K, N, S + 1]` raw targets over the active outputs: the means fit by
         squared error, the log-variances by Gaussian NLL around the (detached) means, plus
         the log-variance bound term. Under a joint NLL a member explains hard outputs by
         raising their variance and stops fitting their means (plate-slide's hand:
         docs/offline.md)."""
-        mean, logvar = self(features, actions)
+        mean, logvar = self(states, actions)
         y = (targets - self.out_mean) / self.out_std
         if self.cfg.split_loss:
             err = (mean - y).pow(2) + (mean.detach() - y).pow(2) * torch.exp(-logvar) + logvar
@@ -163,18 +147,18 @@ class Ensemble(Simulator, nn.Module):
         return nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
 
     @torch.no_grad()
-    def member_errors(self, features: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
+    def member_errors(self, states: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
         """`[K]` normalised MSE of each member's mean on `[N, ...]` transitions (active outputs)."""
-        mean, _ = self(features, actions)
+        mean, _ = self(states, actions)
         err = (mean - (targets - self.out_mean) / self.out_std).pow(2) * self.active
         return err.sum(2).mean(1) / self.active.sum()
 
     @torch.no_grad()
-    def mean_next_state(self, features: Tensor, actions: Tensor) -> Tensor:
+    def mean_next_state(self, states: Tensor, actions: Tensor) -> Tensor:
         """`[N, S]` the elites' mean prediction of the next state (no sampling)."""
-        mean, _ = self(features, actions)
+        mean, _ = self(states, actions)
         delta = mean[self.elite_idx].mean(0) * self.out_std + self.out_mean
-        return features[:, : self.cfg.state_dim] + delta[:, :-1]
+        return states + delta[:, :-1]
 
     def member_keys(self) -> list[str]:
         """State-dict keys of the per-member weights (leading dim = members)."""
@@ -186,19 +170,19 @@ class Ensemble(Simulator, nn.Module):
         """Train every member on all transitions of `episodes` (recorded states), stop early
         on a held-out share, keep each member's best weights and pick the elites."""
         cfg = self.cfg
-        s, a, r, s2 = transitions(store, episodes, cfg.state_dim, cfg.action_dim, cfg.history)
+        s, a, r, s2 = transitions(store, episodes, cfg.state_dim, cfg.action_dim)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(s), generator=gen)
         n_hold = max(1, int(cfg.holdout * len(s)))
         hold, train = order[:n_hold], order[n_hold:]
-        targets = torch.cat([s2 - s[:, : cfg.state_dim], r[:, None]], -1)
+        targets = torch.cat([s2 - s, r[:, None]], -1)
         inputs = torch.cat([s, a], -1)[train]
         self.in_mean.copy_(inputs.mean(0))
         self.in_std.copy_(inputs.std(0).clamp(min=1e-6))
         self.out_mean.copy_(targets[train].mean(0))
         self.out_std.copy_(targets[train].std(0).clamp(min=1e-6))
-        # Meta-World's padding and resting objects never change: they are predicted as
-        # constants, since their noise-level targets would otherwise dominate the NLL
+        # outputs the data never changes (Meta-World's padding, resting objects) are
+        # constants, left out of the loss and of the held-out error
         self.active.copy_((targets[train].std(0) > 1e-6).float())
         self.active[-1] = 1.0
         dev = self.device
@@ -245,45 +229,19 @@ class Ensemble(Simulator, nn.Module):
     # ---- the simulator -----------------------------------------------------------------------
     def start(self, obs: Tensor, context_actions: Tensor | None = None, *, task: str | None = None,
               seeds: int = 1, generator: torch.Generator | None = None) -> EnsembleState:
-        """`obs`: states `[B, S]`, or a context `[B, T0, S]` with the `context_actions
-        [B, T0 - 1, A]` between them. The last state starts; the last `history` actions
-        before it are read, zeros where the context is shorter (an episode's first state)."""
-        cfg = self.cfg
+        """`obs`: states `[B, S]` (or a context `[B, T0, S]`, of which the last is used)."""
         obs = torch.as_tensor(obs, dtype=torch.float32)
-        obs = obs[:, None] if obs.ndim == 2 else obs
-        if obs.ndim != 3 or obs.shape[-1] != cfg.state_dim:
-            raise ValueError(f"the ensemble starts from states [B, {cfg.state_dim}] (or [B, T0, {cfg.state_dim}]), "
-                             f"got {tuple(obs.shape)}")
-        past = torch.zeros(len(obs), cfg.history, cfg.action_dim, device=obs.device)
-        if cfg.history and context_actions is not None and context_actions.shape[1]:
-            given = torch.as_tensor(context_actions, dtype=torch.float32)[:, -cfg.history:, : cfg.action_dim]
-            if given.shape[0] != len(obs) or given.shape[1] > obs.shape[1] - 1:
-                raise ValueError(f"{obs.shape[1]} context states take at most {obs.shape[1] - 1} actions, "
-                                 f"got {tuple(context_actions.shape)}")
-            past[:, cfg.history - given.shape[1]:] = given.to(obs.device)
-        return self.start_features(torch.cat([obs[:, -1], past.flatten(1)], -1), task=task, seeds=seeds,
-                                   generator=generator)
-
-    def start_features(self, features: Tensor, *, task: str | None = None, seeds: int = 1,
-                       generator: torch.Generator | None = None) -> EnsembleState:
-        """Start from features `[B, F]` (states with their past actions, as `transitions` gives)."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise ValueError(f"the ensemble's features are [B, {self.feature_dim}], got {tuple(features.shape)}")
+        obs = obs[:, -1] if obs.ndim == 3 else obs
+        if obs.ndim != 2 or obs.shape[1] != self.cfg.state_dim:
+            raise ValueError(f"the ensemble starts from states [B, {self.cfg.state_dim}], got {tuple(obs.shape)}")
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         name = task or self.tasks[0]
         if name not in self.tasks:
             raise ValueError(f"this ensemble was trained on {list(self.tasks)}, not {name!r}")
-        return EnsembleState(owner=id(self), batch=len(features), seeds=seeds, task=name,
-                             action_width=task_spec(name).action_dim,
-                             features_all=features.float().to(self.device).repeat(seeds, 1),
+        return EnsembleState(owner=id(self), batch=len(obs), seeds=seeds, task=name,
+                             action_width=task_spec(name).action_dim, features_all=obs.to(self.device).repeat(seeds, 1),
                              policy_all=None, generator=generator)
-
-    def state_features(self, states: np.ndarray, actions: np.ndarray) -> Tensor:
-        """Features `[T + 1, F]` of one episode's recorded `states [T + 1, S]` and `actions [T, A]`."""
-        if states.ndim != 2 or states.shape[1] != self.cfg.state_dim:
-            raise ValueError(f"the ensemble reads states [T + 1, {self.cfg.state_dim}], got {states.shape}")
-        return torch.from_numpy(with_history(states, actions[:, : self.cfg.action_dim], self.cfg.history))
 
     @torch.no_grad()
     def step(self, state: EnsembleState, actions: Tensor, signals: tuple[str, ...] = (),
@@ -297,19 +255,18 @@ class Ensemble(Simulator, nn.Module):
         s = state.features_all
         a = a[:, : self.cfg.action_dim]
         mean, logvar = self(s, a)
-        S, A = self.cfg.state_dim, self.cfg.action_dim
         mean, std = mean[self.elite_idx], (0.5 * logvar[self.elite_idx]).exp() * self.active   # [E, R, S + 1]
         R = len(s)
         pick = torch.randint(len(self.elite_idx), (R,), generator=state.generator, device=s.device)
         rows = torch.arange(R, device=s.device)
         noise = torch.randn(R, mean.shape[-1], generator=state.generator, device=s.device)
         sample = (mean[pick, rows] + std[pick, rows] * noise) * self.out_std + self.out_mean
-        nxt = torch.cat([s[:, :S] + sample[:, :-1], s[:, S + A:], a], -1) if self.cfg.history else s + sample[:, :-1]
+        nxt = s + sample[:, :-1]
         reward = (mean[pick, rows, -1] * self.out_std[-1] + self.out_mean[-1])
-        n, B = state.seeds, state.batch
-        seed_mean = lambda v: v.view(n, B, *v.shape[1:]).mean(0)  # noqa: E731
+        S, B = state.seeds, state.batch
+        seed_mean = lambda v: v.view(S, B, *v.shape[1:]).mean(0)  # noqa: E731
         out = Step(latent=nxt[:B], reward=seed_mean(reward), features=nxt[:B],
-                   seed_latents=nxt.view(n, B, -1) if n > 1 else None)
+                   seed_latents=nxt.view(S, B, -1) if S > 1 else None)
         scale = self.out_std
         if "max_std" in signals:
             out.signals["max_std"] = seed_mean((std * scale).norm(dim=-1).amax(0))
@@ -319,13 +276,11 @@ class Ensemble(Simulator, nn.Module):
         return replace(state, features_all=nxt), out
 
 
-def transitions(store: EpisodeStore, episodes: list[EpisodeInfo], state_dim: int, action_dim: int,
-                history: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """All `(f, a, r, s')` of `episodes` as features `[N, S + history * A]` (each state with
-    the `history` actions before it, zeros before an episode's start), `[N, A]`, `[N]` and
-    next states `[N, S]`; episodes without recorded states (or of another size) are refused
-    by name."""
-    f, a, r, s2 = [], [], [], []
+def transitions(store: EpisodeStore, episodes: list[EpisodeInfo], state_dim: int,
+                action_dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All `(s, a, r, s')` of `episodes` as `[N, S]`, `[N, A]`, `[N]`, `[N, S]`; episodes
+    without recorded states (or of another size) are refused by name."""
+    s, a, r, s2 = [], [], [], []
     for info in episodes:
         ep = store.load(info)
         if ep is None:
@@ -333,19 +288,8 @@ def transitions(store: EpisodeStore, episodes: list[EpisodeInfo], state_dim: int
         if ep.states is None or ep.states.shape[1] != state_dim or ep.actions.shape[1] != action_dim:
             raise ValueError(f"{info.path}: the ensemble needs states [T+1, {state_dim}] and actions "
                              f"[T, {action_dim}]")
-        f.append(with_history(ep.states[:-1], ep.actions, history))
-        a.append(ep.actions), r.append(ep.rewards), s2.append(ep.states[1:])
-    if not f:
+        s.append(ep.states[:-1]), a.append(ep.actions), r.append(ep.rewards), s2.append(ep.states[1:])
+    if not s:
         raise ValueError("no readable episodes to train the ensemble on")
     cat = lambda xs: torch.from_numpy(np.concatenate(xs)).float()  # noqa: E731
-    return cat(f), cat(a), cat(r), cat(s2)
-
-
-def with_history(states: np.ndarray, actions: np.ndarray, history: int) -> np.ndarray:
-    """`states [T or T + 1, S]`, `actions [T, A]` -> `[len(states), S + history * A]`: row t
-    is `s_t` with `a_{t-history} .. a_{t-1}` (zeros before the episode's start)."""
-    n = len(states)
-    if not len(actions) <= n <= len(actions) + 1:
-        raise ValueError(f"{n} states do not fit {len(actions)} actions")
-    padded = np.concatenate([np.zeros((history, actions.shape[1]), np.float32), actions.astype(np.float32)])
-    return np.concatenate([states.astype(np.float32), *(padded[k: k + n] for k in range(history))], 1)
+    return cat(s), cat(a), cat(r), cat(s2)
