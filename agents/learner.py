@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from world_models.checkpoint import load_module, read_json, read_weights, sha256
 
 ALGOS = ("sac", "cql", "iql", "td3+bc", "bc")
-EXPLORE_STD = 0.2   # TD3+BC's target-smoothing noise; exploration noise of deterministic policies
+EXPLORE_STD = 0.2   # rollout noise on the mean action of IQL, TD3+BC and BC (TD3+BC's target-smoothing std)
 
 
 def d3rlpy():
@@ -97,13 +97,14 @@ class Learner:
         return self.algo.update(batch)
 
     def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
-        """Actions `[N, A]` for observations `[N, F]`. With `explore`, stochastic policies
-        (SAC, CQL, IQL) sample; deterministic ones (TD3+BC, BC) add Gaussian noise of std
-        `EXPLORE_STD` (torch's global generator), clipped to [-1, 1]. Imagined rollouts act
-        so: with the policy's own mean action, IQL's in-sample advantage is 0 on every
-        imagined transition, and MOPO-IQL learns from the real share alone (docs/offline.md)."""
+        """Actions `[N, A]` for observations `[N, F]`. With `explore`, SAC and CQL sample
+        their policy; the others (IQL, TD3+BC, BC) add Gaussian noise of std `EXPLORE_STD`
+        to their mean action (torch's global generator), clipped to [-1, 1]. Imagined
+        rollouts act so: with the mean action alone, IQL's in-sample advantage is 0 on every
+        imagined transition; sampling IQL's wide policy imagines far from the data
+        (plate-slide: docs/offline.md)."""
         obs = np.ascontiguousarray(obs, np.float32)
-        if explore and self.name in ("sac", "cql", "iql"):
+        if explore and self.name in ("sac", "cql"):
             return self.algo.sample_action(obs)
         action = self.algo.predict(obs)
         if explore:
