@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from world_models.checkpoint import load_module, read_json, read_weights, sha256
 
 ALGOS = ("sac", "cql", "iql", "td3+bc", "bc")
-EXPLORE_STD = 0.2   # rollout noise on the mean action of IQL, TD3+BC and BC (TD3+BC's target-smoothing std)
+EXPLORE_STD = 0.2   # rollout noise on the actions of TD3+BC and BC (TD3+BC's target-smoothing std)
 
 
 def d3rlpy():
@@ -98,16 +98,15 @@ class Learner:
 
     def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
         """Actions `[N, A]` for observations `[N, F]`. With `explore`, SAC and CQL sample
-        their policy; the others (IQL, TD3+BC, BC) add Gaussian noise of std `EXPLORE_STD`
-        to their mean action (torch's global generator), clipped to [-1, 1]. Imagined
-        rollouts act so: with the mean action alone, IQL's in-sample advantage is 0 on every
-        imagined transition; sampling IQL's wide policy imagines far from the data
-        (plate-slide: docs/offline.md)."""
+        their policy, TD3+BC and BC add Gaussian noise of std `EXPLORE_STD` to their action
+        (torch's global generator, clipped to [-1, 1]), and IQL keeps its mean action: on
+        plate-slide, sampling IQL's wide policy or adding the noise made MOPO-IQL worse over
+        two seeds (docs/offline.md)."""
         obs = np.ascontiguousarray(obs, np.float32)
         if explore and self.name in ("sac", "cql"):
             return self.algo.sample_action(obs)
         action = self.algo.predict(obs)
-        if explore:
+        if explore and self.name in ("td3+bc", "bc"):
             noise = EXPLORE_STD * torch.randn(action.shape).numpy()
             action = np.clip(action + noise, -1, 1).astype(np.float32)
         return action

@@ -143,15 +143,17 @@ def test_offline_entry_point_rejects_bad_input_in_one_line(tmp_path):
         assert run.returncode != 0 and len(lines) == 1 and word in lines[0], (override, run.stderr)
 
 
-@pytest.mark.parametrize("algo", ["iql", "td3+bc"])
-def test_imagined_rollouts_act_with_noise_around_the_mean_action(algo):
-    # MOPO on plate-slide (docs/offline.md): IQL 1105.6 acting with its mean action, 159.6
-    # sampling its policy, 1136.4 with this noise; TD3+BC 311.4 without, 550.3 with
+def test_imagined_rollouts_add_noise_to_td3_bc_and_keep_iqls_mean_action():
+    # MOPO on plate-slide (docs/offline.md): TD3+BC 311.4 acting with its action alone, 550.3
+    # with this noise (one seed); IQL 968.4 ± 137.3 with its mean action, 626.4 ± 510.0 with
+    # the noise (two seeds), 159.6 sampling its policy (one seed)
     torch.manual_seed(0)
-    learner = Learner(algo, 6, 2)
     obs = np.random.default_rng(0).normal(size=(4000, 6)).astype(np.float32)
-    mean, noisy = learner.act(obs), learner.act(obs, explore=True)
+    td3 = Learner("td3+bc", 6, 2)
+    mean, noisy = td3.act(obs), td3.act(obs, explore=True)
     assert np.abs(noisy).max() <= 1 and not np.allclose(mean, noisy)
     inside = np.abs(mean).max(1) < 0.5  # where clipping cannot bite
     d = (noisy - mean)[inside]
     assert abs(d.std() - EXPLORE_STD) < 0.02 and abs(d.mean()) < 0.02
+    iql = Learner("iql", 6, 2)
+    np.testing.assert_array_equal(iql.act(obs, explore=True), iql.act(obs))
