@@ -1,15 +1,15 @@
 """Curiosity-driven collection (the hallucination paper, §5) on toy-reach with a coverage gap.
 
 One module-scoped run trains the tiny Dreamer-4 model on mixed episodes confined to the
-left half of the arena: tokenizer and dynamics alike have never seen the right half.
-Curiosity then plans in that model from left-half starts for the actions whose imagined
-future scores highest on a hallucination signal, and is compared with random actions from
-the same starts: where the episodes go (a state histogram of the right half), and what
-finetuning on them does to held-out rollouts in the right half.
-"""
-import copy
-from types import SimpleNamespace
+left half of the arena. Curiosity plans in that model, from left-half starts, for the
+actions whose imagined future scores highest on a hallucination signal, collects real
+episodes with them and finetunes the model between rounds (the paper's closed loop).
 
+Whether those episodes reach the uncovered right half is not asserted here: at this scale
+it depends on the trained model, not on the method (`benchmarks/curiosity_gap.py`,
+`docs/curiosity.md`). Models trained from the same data that differ only in torch seed or
+thread count sent curiosity right on some and into a left-half corner on others.
+"""
 import numpy as np
 import pytest
 import torch
@@ -17,75 +17,62 @@ import torch
 import envs
 import world_models
 from agents import ObservationPolicyAgent, RandomAgent
-from agents.curiosity import collect_curious, state_coverage, train_explorer
+from agents.curiosity import CuriosityAgent, collect_curious, train_explorer
 from agents.evaluate import run_episode
 from replay import EpisodeStore, collect
-from uncertainty import StepSignal
-from uncertainty.metrics import rollout_mse
-from world_models.base import psnr_from_mse
+from uncertainty import StepSignal, signal
 from world_models.imagined import StartWindows
 from world_models.training import TrainConfig, train
 
 LEFT = dict(start_box=((-0.8, -0.8), (-0.1, 0.8)), goal_box=((-0.8, -0.8), (-0.1, 0.8)))
-RIGHT = dict(start_box=((0.1, -0.8), (0.8, 0.8)), goal_box=((0.1, -0.8), (0.8, 0.8)))
 PLANNER = dict(horizon=5, population=24, elites=4, iterations=1, replan_every=2)
-FINETUNE = {"tokenizer": 200, "dynamics": 200}
 
 
 @pytest.fixture(scope="module")
 def gap(tmp_path_factory):
     root = tmp_path_factory.mktemp("curiosity")
-    train_store, right = EpisodeStore(root / "train"), EpisodeStore(root / "right")
-    collect("toy-reach", "mixed", train_store, 300, size=16, seed=0, progress=False, **LEFT)
-    collect("toy-reach", "mixed", right, 20, size=16, seed=7, progress=False, **RIGHT)
+    store = EpisodeStore(root / "train")
+    collect("toy-reach", "mixed", store, 300, size=16, seed=0, progress=False, **LEFT)
     torch.manual_seed(1)
     model = world_models.make("dreamer4", "tiny")
-    train(model, train_store, train_store.episodes(), root / "run",
+    train(model, store, store.episodes(), root / "run",
           TrainConfig.for_model(model, {"tokenizer": 900, "dynamics": 550}, progress=False))
-    return SimpleNamespace(root=root, checkpoint=root / "run" / "checkpoint", model=model.eval(),
-                           held=right.sample(128, 9, rng=np.random.default_rng(1)))
+    return root, store, model.eval()
 
 
-def right_half(store: EpisodeStore) -> tuple[float, int]:
-    """Share of visited states in the uncovered half, and the cells of an 8 x 8 histogram
-    of that half they reach."""
-    xy = np.concatenate([store.load(e).states[:, :2] for e in store.episodes()])
-    return float(np.mean(xy[:, 0] > 0.1)), state_coverage(xy, (0.1, -1), (1, 1), bins=8)
+def test_curiosity_plans_for_its_signal_and_finetunes_between_rounds(gap):
+    # The plan curiosity executes against uniform random plans from the same real start,
+    # each rolled out again with fresh noise: imagined u_f over 12 starts. On three models
+    # (Intel, one thread) the ratio was above 1 at every start, 1.11 to 1.20 on average.
+    root, store, model = gap
+    agent = CuriosityAgent.from_checkpoint(root / "run" / "checkpoint", "toy-reach", signal="u_f/m", model=model,
+                                           **PLANNER)
+    rng = np.random.default_rng(0)
 
+    def imagined_u_f(plans: torch.Tensor) -> float:
+        start = agent.plan_start.select(torch.zeros(len(plans), dtype=torch.long))
+        im = model.rollout(start, plans, horizon=PLANNER["horizon"], signals=("flow_instability",))
+        return signal("u_f", model, im).mean().item()
 
-def rollout_psnr(model, batch) -> float:
-    err, _ = rollout_mse(model, batch, generator=torch.Generator().manual_seed(0))
-    return psnr_from_mse(err.mean()).item()
+    ratios = []
+    for info in store.episodes()[:12]:
+        agent.reset(store.load(info).frames[0])
+        agent.act()
+        chosen = imagined_u_f(agent.mpc.last_plan.actions[None].expand(8, -1, -1))
+        uniform = imagined_u_f(torch.as_tensor(rng.uniform(-1, 1, (24, PLANNER["horizon"], 2)), dtype=torch.float32))
+        ratios.append(chosen / uniform)
+    print(f"imagined u_f, chosen plan / uniform random plans, per start: {np.round(ratios, 2)}")
+    assert np.mean(ratios) > 1.05 and np.mean(np.array(ratios) > 1) >= 0.75
 
-
-def test_curiosity_explores_the_uncovered_half_and_finetuning_on_it_beats_random(gap):
-    # Flow instability (u_f/m) is the signal that leads out of the covered half here; u_r/m
-    # stayed in the left half on two of three models tried. Curiosity executes the best plan
-    # (an elite mean of a noisy signal dithers in place). When written, six episodes each:
-    # curiosity 0.45 of its states in the right half and 32 of its 64 cells, random 0.13 and
-    # 8. Held-out right-half rollout PSNR 19.32 dB before finetuning (200 + 200 steps on the
-    # six episodes alone), 19.04 after on curiosity's, 18.25 after on random's. With this
-    # fixture at torch seed 0, curiosity reached 33 and 9 cells over two collection seeds
-    # (random 8 and 20): the margin depends on the model. On an Intel CPU (the above: AMD)
-    # the same fixture gave 21 cells against 8 and 18.78 dB against 18.71: the finetuning
-    # margin depends on the machine's float kernels, so only its sign is asserted.
-    stores = {b: EpisodeStore(gap.root / b) for b in ("curiosity", "random")}
-    summaries, finetuned = collect_curious("toy-reach", gap.checkpoint, stores["curiosity"], 6, signal="u_f/m",
-                                           finetune_every=6, finetune_steps=FINETUNE, out=gap.root / "rounds",
+    collected = EpisodeStore(root / "collected")
+    summaries, finetuned = collect_curious("toy-reach", root / "run" / "checkpoint", collected, 4, signal="u_f/m",
+                                           finetune_every=2, finetune_steps={"dynamics": 30}, out=root / "rounds",
                                            planner=PLANNER, size=16, seed=100, progress=False, **LEFT)
-    collect("toy-reach", "random", stores["random"], 6, size=16, seed=100, progress=False, **LEFT)
-    assert [e.behavior for e in stores["curiosity"].episodes()] == ["curiosity"] * 6
-    explored = {b: right_half(s) for b, s in stores.items()}
-    random_model = copy.deepcopy(gap.model).train()
-    train(random_model, stores["random"], stores["random"].episodes(), gap.root / "random-ft",
-          TrainConfig.for_model(random_model, FINETUNE, progress=False))
-    psnr = {"before": rollout_psnr(gap.model, gap.held),
-            "curiosity": rollout_psnr(world_models.load(finetuned), gap.held),
-            "random": rollout_psnr(random_model.eval(), gap.held)}
-    print(f"right half (share, cells of 64): {explored}; held-out right rollout PSNR: {psnr}")
-    assert explored["curiosity"][1] > explored["random"][1] + 4 and explored["curiosity"][0] > explored["random"][0]
-    assert psnr["curiosity"] > psnr["random"]
-    assert finetuned == gap.root / "rounds" / "round1" / "checkpoint"
+    assert [e.behavior for e in collected.episodes()] == ["curiosity"] * 4 and len(summaries) == 2
+    assert finetuned == root / "rounds" / "round2" / "checkpoint"
+    assert (root / "rounds" / "round1" / "checkpoint").exists()
+    before, after = model.state_dict(), world_models.load(finetuned).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("dynamics"))
 
 
 def test_the_amortised_explorer_learns_to_seek_its_signal(tmp_path):
