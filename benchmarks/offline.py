@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="a pixel world model (features and imagination), or a trained state ensemble")
     p.add_argument("--state", action="store_true", help="learn on recorded states with a state ensemble")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--algo", default="sac", help="the learner MOPO trains")
@@ -98,12 +99,12 @@ def main() -> None:
     rows += [(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals
              if "mopo" in chosen or s in picked]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
-          f"{args.steps} gradient steps, {args.seeds} seeds, {args.episodes} evaluation episodes each, "
+          f"{args.steps} gradient steps, seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {args.episodes} evaluation episodes each, "
           f"rewards x {args.reward_scale:g}")
     results = {}
     for name, algo, use_model, signal, lam in rows:
         returns, successes, t0 = [], [], time.perf_counter()
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             torch.manual_seed(seed)
             learner = Learner(algo, real.obs_dim, spec.action_dim, **learner_hyper(algo, reward_scale=args.reward_scale))
             penalty = StepSignal(signal, model, motion=motion, task=args.task) if signal else None
