@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--real-ratio", type=float, default=MOPOConfig.real_ratio,
+                   help="share of real transitions in MOPO's batches")
     p.add_argument("--algo", default="sac", help="the learner MOPO trains")
     p.add_argument("--reward-scale", type=float, default=1.0,
                    help="multiplies the rewards every learner trains on (Meta-World: 0.1)")
@@ -100,7 +102,7 @@ def main() -> None:
              if "mopo" in chosen or s in picked]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
           f"{args.steps} gradient steps, seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {args.episodes} evaluation episodes each, "
-          f"rewards x {args.reward_scale:g}")
+          f"rewards x {args.reward_scale:g}, MOPO's real share {args.real_ratio:g}")
     results = {}
     for name, algo, use_model, signal, lam in rows:
         returns, successes, t0 = [], [], time.perf_counter()
@@ -108,7 +110,8 @@ def main() -> None:
             torch.manual_seed(seed)
             learner = Learner(algo, real.obs_dim, spec.action_dim, **learner_hyper(algo, reward_scale=args.reward_scale))
             penalty = StepSignal(signal, model, motion=motion, task=args.task) if signal else None
-            cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500)
+            cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500,
+                             real_ratio=args.real_ratio)
             ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,
                       penalty=penalty, lam=lam, progress=False,
                       evaluate=lambda l: evaluate(env, agent_for(l), args.episodes, seed=1000 * (seed + 1)))
