@@ -7,7 +7,7 @@ starts. Reported per model: the share of visited states in the right half (x > 0
 how many cells of an 8 x 8 histogram of that half they reach. The spread across seeds is
 the point: one model is an anecdote.
 
-    python benchmarks/curiosity_gap.py --seeds 1,2 --threads 1          # ~6 min per model
+    python benchmarks/curiosity_gap.py --seeds 1,2 --threads 1   # about 4.5 min per model (1 thread)
     python benchmarks/curiosity_gap.py --seeds 1 --steps 900,550 --signal u_r/m
 """
 import argparse
