@@ -156,7 +156,7 @@ class MOPOConfig:
     rollout_batch: int = 1000     # imagined rollouts per round (OfflineRL-Kit: 50,000)
     horizon: int = 5              # steps per imagined rollout (MOPO: 1-5)
     keep_rounds: int = 5          # rounds the model buffer keeps (OfflineRL-Kit: 5)
-    real_ratio: float = 0.05      # share of real transitions in each batch (MOPO: 5%)
+    real_ratio: float = 0.5       # share of real transitions in each batch (MOPO: 5%; docs/offline.md)
     eval_every: int = 2000
     seed: int = 0
 
