@@ -133,9 +133,11 @@ def random_signal(model: Simulator, starts: StartWindows, signal: Signal, n: int
     frames, actions = starts.draw(n, rng)
     generator = torch.Generator(device=getattr(model, "device", torch.device("cpu"))).manual_seed(int(rng.integers(2**31)))
     state = model.start(frames, actions, task=starts.task, seeds=signal.seeds, generator=generator)
+    signal.begin(state, frames, actions)
     values = []
     for _ in range(horizon):
         a = torch.as_tensor(rng.uniform(-1, 1, (n, starts.action_dim)), dtype=torch.float32, device=state.features.device)
+        signal.before(state, a)
         state, out = model.step(state, a, signals=signal.signals)
         values.append(signal(out).float().mean().item())
     u0 = float(np.mean(values))

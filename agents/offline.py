@@ -178,12 +178,16 @@ def imagined_rollouts(model: Simulator, learner: Learner, starts: StartWindows, 
     penalised = penalty is not None and earn.uses_signal
     state = model.start(frames, actions, task=starts.task, seeds=penalty.seeds if penalised else 1,
                         generator=generator)
+    if penalised:
+        penalty.begin(state, frames, actions)
     obs = state.features.float().cpu().numpy()
     parts, us, rs = [], [], []
     for _ in range(horizon):
         a = np.clip(learner.act(obs, explore=True), -1, 1).astype(np.float32)
-        state, out = model.step(state, torch.as_tensor(a, device=state.features.device),
-                                signals=penalty.signals if penalised else ())
+        act = torch.as_tensor(a, device=state.features.device)
+        if penalised:
+            penalty.before(state, act)
+        state, out = model.step(state, act, signals=penalty.signals if penalised else ())
         r, u = out.reward, penalty(out).float() if penalised else None
         if r is not None:
             rs.append(r.float().mean().item())

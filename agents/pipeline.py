@@ -33,7 +33,7 @@ from agents.offline import MOPOConfig, feature_transitions, features_cache, mopo
 from planners import CEM, MPC
 from replay import EpisodeStore, collect
 from replay.experts import DEFAULT_EXPERT_DIR, expert_path, make_expert, train_sac_expert
-from uncertainty import MotionStats, StepSignal, world_model_quality
+from uncertainty import MotionStats, step_signal, world_model_quality
 from uncertainty.fidelity import fidelity_report, start_rollout_image, zero_action_starts
 from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models.imagined import StartWindows
@@ -335,7 +335,8 @@ class MainJob:
         real = feature_transitions(model, self.store, episodes, c.task, cache=cache, progress=c.progress)
         learner = Learner(c.algo, real.obs_dim, self.spec.action_dim, **{"gamma": 0.99, **c.learner})
         starts = StartWindows(self.store, episodes, task=c.task, context=model.max_context) if c.model_based else None
-        penalty = (StepSignal(c.penalty, model, motion=MotionStats.load(self.checkpoint(), c.task), task=c.task)
+        penalty = (step_signal(c.penalty, model, task=c.task, motion=MotionStats.load(self.checkpoint(), c.task),
+                               store=self.store, episodes=episodes, seed=c.seed)
                    if c.model_based and c.lam else None)
         mopo(model if c.model_based else None, learner, real, starts,
              MOPOConfig(steps=c.learner_steps, seed=c.seed, **c.mopo), penalty=penalty, lam=c.lam, progress=c.progress)

@@ -7,8 +7,9 @@ one dataset, over seeds, printed as one table (mean ± std of the final real ret
     python benchmarks/offline.py ... --rows mopo:lam0,mopo:max_std             # single MOPO rows
 
 Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
-mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, u_f or token_entropy for
-pixel models; max_std and disagreement for the state ensemble); `mopo` is all of these, and
+mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, knn, u_f or token_entropy,
+and retracing on delta-pose tasks, for pixel models; max_std and disagreement for the state
+ensemble; `uncertainty.step_signal_names`); `mopo` is all of these, and
 `mopo:lam0` or `mopo:<signal>` one of them. Every row learns from the same store and the same
 real transitions; the environment only evaluates. With `--state` the learners read recorded
 states and MOPO imagines with a state ensemble trained here; a `--checkpoint` of a state
@@ -27,7 +28,7 @@ from agents.evaluate import evaluate
 from agents.learner import Learner
 from agents.offline import MOPOConfig, feature_transitions, learner_hyper, mopo
 from replay import EpisodeStore
-from uncertainty import MotionStats, StepSignal
+from uncertainty import MotionStats, step_signal, step_signal_names
 from world_models.imagined import StartWindows
 
 ROWS = ("bc", "cql", "iql", "td3+bc", "mopo")
@@ -43,6 +44,8 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--retracing-ks", type=lambda v: tuple(int(k) for k in v.split(",")), default=(1,),
+                   help="retracing steps k, comma-separated (WHALE: 1,2,3)")
     p.add_argument("--real-ratio", type=float, default=MOPOConfig.real_ratio,
                    help="share of real transitions in MOPO's batches")
     p.add_argument("--algo", default="sac", help="the learner MOPO trains")
@@ -75,8 +78,7 @@ def main() -> None:
     if args.state:
         signals, context, motion = ["max_std", "disagreement"], 1, None
     else:
-        signals = ["u_r", "u_s", *(["u_f"] if "flow_instability" in model.native_signals else []),
-                   *(["token_entropy"] if "token_entropy" in model.native_signals else [])]
+        signals = step_signal_names(model, args.task)
         context = model.max_context
         motion = MotionStats.fit(store, model, episodes, windows=128)
     picked = [r.split(":")[1] for r in chosen if r.startswith("mopo:")]
@@ -109,7 +111,8 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             torch.manual_seed(seed)
             learner = Learner(algo, real.obs_dim, spec.action_dim, **learner_hyper(algo, reward_scale=args.reward_scale))
-            penalty = StepSignal(signal, model, motion=motion, task=args.task) if signal else None
+            penalty = step_signal(signal, model, task=args.task, motion=motion, store=store, episodes=episodes,
+                                  retracing_ks=args.retracing_ks, seed=seed) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500,
                              real_ratio=args.real_ratio)
             ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,

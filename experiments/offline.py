@@ -31,7 +31,7 @@ from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
 from agents.offline import MOPOConfig, feature_transitions, features_cache, learner_hyper, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
-from uncertainty import KNNDistance, MotionStats, StepSignal  # noqa: E402
+from uncertainty import MotionStats, step_signal, step_signal_names  # noqa: E402
 from world_models.checkpoint import hold_lock  # noqa: E402
 from world_models.imagined import StartWindows  # noqa: E402
 
@@ -43,28 +43,15 @@ def method_name(cfg: DictConfig) -> str:
 
 
 def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path):
-    """The penalty by name, motion-normalised for pixel models (as in `uncertainty`)."""
+    """The penalty by name (`uncertainty.step_signal`), motion-normalised for pixel models."""
     if not (cfg.penalty and cfg.lam):
         return None
-    if cfg.penalty == "knn":
-        if model.reads_states:
-            raise ValueError("knn compares pixel-model latents; the ensemble has max_std and disagreement")
-        return KNNPenalty(KNNDistance.fit(store, model, episodes, seed=cfg.seed))
+    if cfg.penalty not in step_signal_names(model, cfg.task):
+        raise ValueError(f"{model.name} on {cfg.task} offers the penalties {step_signal_names(model, cfg.task)}, "
+                         f"not {cfg.penalty!r}")
     motion = MotionStats.load(checkpoint, cfg.task) if not model.reads_states else None
-    return StepSignal(cfg.penalty, model, motion=motion, task=cfg.task)
-
-
-class KNNPenalty:
-    """kNN distance of each imagined latent to the training latents, as a step `Signal`."""
-
-    signals: tuple[str, ...] = ()
-    seeds = 1
-
-    def __init__(self, knn: KNNDistance):
-        self.knn = knn
-
-    def __call__(self, out) -> torch.Tensor:
-        return self.knn(out.latent[:, None])[:, 0].to(out.latent.device)
+    return step_signal(cfg.penalty, model, task=cfg.task, motion=motion, store=store, episodes=episodes,
+                       retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed)
 
 
 def plot_returns(task_dir: Path, seed: int, dataset_return: float) -> Path:
@@ -106,6 +93,7 @@ def main(cfg: DictConfig) -> None:
     if not episodes:
         raise ValueError(f"no {cfg.task} episodes{f' of {cfg.behavior}' if cfg.behavior else ''} in {cfg.store}")
     torch.manual_seed(cfg.seed)
+    penalty = make_penalty(cfg, model, store, episodes, found)
     method = method_name(cfg)
     out = Path(cfg.out or f"runs/offline/{cfg.task}/{method}/{cfg.seed}")
     hold_lock(out)
@@ -115,7 +103,6 @@ def main(cfg: DictConfig) -> None:
     cache = features_cache(out.parent.parent, found, context, episodes)
     real = feature_transitions(model, store, episodes, cfg.task, context=context, cache=cache, progress=cfg.progress)
     dataset_return = float(np.mean([store.load(e).episode_return for e in episodes]))
-    penalty = make_penalty(cfg, model, store, episodes, found)
     spec = envs.task_spec(cfg.task)
     hyper = learner_hyper(cfg.algo, batch_size=cfg.mopo.batch, **OmegaConf.to_container(cfg.learner))
     learner_dir = out / "learner"

@@ -130,11 +130,13 @@ def test_offline_entry_point_rejects_bad_input_in_one_line(tmp_path):
     torch.manual_seed(0)
     bare = world_models.make("dreamer4", "tiny", reward_head=False, bc_head=False, context_rows=0.0)
     save_checkpoint(tmp_path / "bare", bare)
+    save_checkpoint(tmp_path / "full", world_models.make("dreamer4", "tiny"))
     store = tmp_path / "data"
     collect("toy-reach", "random", store, 2, size=16, seed=0, progress=False)
     cases = [("algo=ppo", "algo"), (f"checkpoint={tmp_path / 'nothing'}", "checkpoint"),
              (f"checkpoint={tmp_path / 'bare'}", "reward head"),
-             (f"checkpoint={tmp_path / 'bare'} store={tmp_path / 'empty'} model_free=true", "no toy-reach episodes")]
+             (f"checkpoint={tmp_path / 'bare'} store={tmp_path / 'empty'} model_free=true", "no toy-reach episodes"),
+             (f"checkpoint={tmp_path / 'full'} penalty=token_entropy lam=1", "not 'token_entropy'")]
     for override, word in cases:
         args = [sys.executable, str(ROOT / "experiments" / "offline.py"), f"store={store}", f"out={tmp_path / 'out'}",
                 f"checkpoint={tmp_path / 'bare'}", *override.split()]

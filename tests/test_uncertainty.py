@@ -1,5 +1,6 @@
 """Uncertainty predictors, retracing, baselines, penalties and metrics on constructed cases."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import world_models
 from replay import EpisodeStore, collect
 from uncertainty import (KNNDistance, MotionStats, RunningMotion, auroc, latent_motion,
                          retracing_actions, retracing_uncertainty, round_trip_residual,
-                         seed_variance, signal, spearman, ssim)
+                         seed_variance, signal, spearman, ssim, step_signal, step_signal_names)
+from uncertainty.step_signals import RetracingSignal
+from world_models.base import SimState, Simulator, Step
 
 
 class PixelModel(torch.nn.Module):
@@ -131,3 +134,81 @@ def test_ssim_is_one_for_identical_frames_and_lower_for_noise():
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(ssim(x, x), torch.ones(2))
     assert (ssim(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)) < 0.9).all()
+
+
+class Integrator(Simulator):
+    """toy-reach's point as a simulator: the state is the position, observed as itself, and
+    a step moves it by 0.15 a inside [-1, 1]². Retraced and direct steps agree exactly
+    until a wall clips a move."""
+
+    name, action_dim, native_signals = "integrator", 2, ("token_entropy",)
+
+    @property
+    def feature_dim(self) -> int:
+        return 2
+
+    def start(self, obs, context_actions=None, *, task=None, seeds=1, generator=None):
+        pos = obs[:, -1].float().repeat(seeds, 1)  # obs: positions [B, T0, 2]
+        return SimState(owner=id(self), batch=len(obs), seeds=seeds, task="toy-reach", action_width=2,
+                        features_all=pos, policy_all=None, generator=generator)
+
+    def step(self, state, actions, signals=(), decode=False):
+        a, _ = self.check_step_actions(state, actions)
+        pos = (state.features_all + 0.15 * a).clamp(-1, 1)
+        B = state.batch
+        return replace(state, features_all=pos), Step(latent=pos[:B], reward=torch.zeros(B), features=pos[:B],
+                                                      signals={"token_entropy": torch.full((B,), 2.0)})
+
+
+def integrate(start, actions):
+    """Positions `[B, T + 1, 2]` of the Integrator from `start [B, 2]` under `actions [B, T, 2]`."""
+    pos = [start]
+    for t in range(actions.shape[1]):
+        pos.append((pos[-1] + 0.15 * actions[:, t]).clamp(-1, 1))
+    return torch.stack(pos, 1)
+
+
+def run_signal(sig, model, context, context_actions, actions):
+    state = model.start(context, context_actions)
+    sig.begin(state, context, context_actions)
+    out_u = []
+    for t in range(actions.shape[1]):
+        sig.before(state, actions[:, t])
+        state, out = model.step(state, actions[:, t], signals=sig.signals)
+        out_u.append(sig(out))
+    return torch.stack(out_u, 1)
+
+
+def test_retracing_step_signal_is_zero_where_the_model_is_consistent_and_sees_a_clipped_move():
+    model, g = Integrator(), torch.Generator().manual_seed(0)
+    acts = torch.rand(8, 7, 2, generator=g) * 2 - 1
+    path = integrate(torch.zeros(8, 2), acts * 0.3)  # small moves around the centre: no wall
+    context, context_actions, actions = path[:, :4], acts[:, :3] * 0.3, acts[:, 3:] * 0.3
+    u = run_signal(RetracingSignal(model, "toy-reach", ks=(1, 2, 3)), model, context, context_actions, actions)
+    assert u.shape == (8, 4)
+    torch.testing.assert_close(u, torch.zeros(8, 4), atol=1e-6, rtol=0)  # from the first step on
+    # at x = 0.95 the push right is clipped at 1.0 and the step back lands at 0.85, where
+    # the retraced pair of zero moves stays at 0.95: a gap of 0.1 in x, times the entropy 2
+    wall = torch.tensor([[[0.5, 0.0], [0.8, 0.0], [0.95, 0.0]]])
+    wall_actions = torch.tensor([[[2.0, 0.0], [1.0, 0.0]]])
+    u = run_signal(RetracingSignal(model, "toy-reach", ks=(1,)), model, wall, wall_actions,
+                   torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]]))
+    torch.testing.assert_close(u, torch.tensor([[0.0, 2 * math.sqrt(0.1 ** 2 / 2)]]))
+
+
+def test_step_signals_by_name_refuse_what_the_model_or_task_cannot_give():
+    torch.manual_seed(0)
+    whale = world_models.make("whale", "tiny", tasks=("toy-reach", "cup-catch"))
+    assert step_signal_names(whale, "toy-reach") == ["u_r", "u_s", "token_entropy", "knn", "retracing"]
+    assert "retracing" not in step_signal_names(whale, "cup-catch")  # torque actions do not accumulate
+    with pytest.raises(ValueError, match="not 'retracing'"):
+        step_signal("retracing", whale, task="cup-catch")
+    with pytest.raises(ValueError, match="not 'bogus'"):
+        step_signal("bogus", whale, task="toy-reach")
+    with pytest.raises(ValueError, match="needs the store"):
+        step_signal("knn", whale, task="toy-reach")
+    sig = step_signal("retracing", whale, task="toy-reach")
+    with pytest.raises(ValueError, match="more than 1 frames"):
+        sig.begin(whale.start(torch.zeros(2, 3, 16, 16)), torch.zeros(2, 1, 3, 16, 16), None)
+    with pytest.raises(RuntimeError, match="begin"):
+        RetracingSignal(whale, "toy-reach").before(None, torch.zeros(2, 2))

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from envs import TASKS
 from replay import EpisodeInfo, EpisodeStore
-from world_models.base import Imagination, Simulator, Step, WorldModel
+from world_models.base import Imagination, SimState, Simulator, Step, WorldModel
 from world_models.checkpoint import read_config
 from world_models.training import latent_motion, scene_motion
 
@@ -182,6 +182,12 @@ class StepSignal:
         as_native = "flow_instability" if name == "u_f" else name
         self.signals = (as_native,) if as_native in native else ()
         self.seeds = 2 if name == "u_s" else 1
+
+    def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None:
+        """Nothing to remember: the signal reads each step alone."""
+
+    def before(self, state: SimState, action: Tensor) -> None:
+        """Nothing to remember: the signal reads each step alone."""
 
     @torch.no_grad()
     def __call__(self, out: Step) -> Tensor:

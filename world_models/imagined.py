@@ -35,10 +35,16 @@ from world_models.base import SimState, Simulator, Step
 
 class Signal(Protocol):
     """A per-step uncertainty `u [B]` of a `Step`; `signals` are the native signals the step
-    must compute for it and `seeds` the samples per rollout it needs."""
+    must compute for it and `seeds` the samples per rollout it needs. `begin` is told the
+    start windows of each new batch of rollouts, `before` each state and action about to be
+    stepped: signals that look back (retracing) keep them, the others ignore them."""
 
     signals: tuple[str, ...]
     seeds: int
+
+    def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None: ...
+
+    def before(self, state: SimState, action: Tensor) -> None: ...
 
     def __call__(self, out: Step) -> Tensor: ...
 
@@ -167,6 +173,8 @@ class _Rollouts:
         frames, actions = self.starts.draw(n, self.rng)
         seeds = self.signal.seeds if self.signal is not None else 1
         self.state = self.model.start(frames, actions, task=self.starts.task, seeds=seeds, generator=self.generator)
+        if self.signal is not None:
+            self.signal.begin(self.state, frames, actions)
         self.t = 0
         if self.obs_kind == "features":
             return self.state.features.float().cpu().numpy()
@@ -177,6 +185,8 @@ class _Rollouts:
         """Observations, rewards `[B]` and the parts of the reward (`model_reward`, `u`)."""
         a = torch.as_tensor(np.asarray(actions, np.float32)).reshape(self.state.batch, -1)
         signals = self.signal.signals if self.signal is not None else ()
+        if self.signal is not None:
+            self.signal.before(self.state, a)
         self.state, out = self.model.step(self.state, a, signals=signals, decode=self.obs_kind == "frames")
         model_reward = None if out.reward is None else out.reward.float()
         u = None if self.signal is None else self.signal(out).float()
