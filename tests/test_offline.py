@@ -10,10 +10,11 @@ import torch
 
 import world_models
 from agents.learner import ALGOS, EXPLORE_STD, Learner
-from agents.offline import ModelBuffer, MOPOConfig, Transitions, feature_transitions, mopo
+from agents.offline import ModelBuffer, MOPOConfig, Transitions, feature_transitions, imagined_rollouts, mopo
 from replay import EpisodeStore, collect
+from uncertainty import step_signal
 from world_models.checkpoint import save_checkpoint
-from world_models.imagined import StartWindows
+from world_models.imagined import ImaginedReward, StartWindows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,3 +160,23 @@ def test_imagined_rollouts_add_noise_to_td3_bc_and_keep_iqls_mean_action():
     assert abs(d.std() - EXPLORE_STD) < 0.02 and abs(d.mean()) < 0.02
     iql = Learner("iql", 6, 2)
     np.testing.assert_array_equal(iql.act(obs, explore=True), iql.act(obs))
+
+
+@pytest.mark.parametrize("name", ["dreamer4", "whale"])
+def test_imagined_rollouts_penalise_with_retracing_and_knn_from_pixels(name, tmp_path):
+    torch.manual_seed(0)
+    store = EpisodeStore(tmp_path)
+    collect("toy-reach", "random", store, 2, size=16, seed=0, progress=False)
+    model = world_models.make(name, "tiny", tasks=("toy-reach",)).eval()
+    with torch.no_grad():  # zero-initialised output layers would make every prediction, and u_f, constant
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    starts = StartWindows(store, task="toy-reach", context=3)
+    learner = Learner("td3+bc", model.feature_dim, 2)
+    for signal in ("retracing", "knn"):
+        penalty = step_signal(signal, model, task="toy-reach", store=store, episodes=store.episodes())
+        rollouts, stats = imagined_rollouts(model, learner, starts, 4, 3, penalty, ImaginedReward(reward=0.0, penalty=1.0),
+                                            np.random.default_rng(0), torch.Generator().manual_seed(0))
+        assert len(rollouts) == 12 and np.isfinite(rollouts.rewards).all()
+        assert (rollouts.rewards <= 0).all() and stats["rollout/u"] > 0, signal  # r = -u, u > 0 somewhere
