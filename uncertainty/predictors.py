@@ -169,7 +169,17 @@ def check_signal(name: str, model: Simulator, seeds: int | None = None) -> None:
         raise ValueError("the signal u_s (inter-seed variance) needs seeds >= 2")
 
 
-class StepSignal:
+class MemorylessSignal:
+    """The `Signal` hooks of a signal that reads each step alone: nothing to remember."""
+
+    def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None:
+        pass
+
+    def before(self, state: SimState, action: Tensor) -> None:
+        pass
+
+
+class StepSignal(MemorylessSignal):
     """The `Signal` of imagined environments (`world_models.imagined`): a per-step
     uncertainty `u [B]` of a `Step` by name — `u_r`, `u_s`, `u_f` or a native signal —
     divided by the scene motion of `task` when `motion` is given."""
@@ -182,12 +192,6 @@ class StepSignal:
         as_native = "flow_instability" if name == "u_f" else name
         self.signals = (as_native,) if as_native in native else ()
         self.seeds = 2 if name == "u_s" else 1
-
-    def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None:
-        """Nothing to remember: the signal reads each step alone."""
-
-    def before(self, state: SimState, action: Tensor) -> None:
-        """Nothing to remember: the signal reads each step alone."""
 
     @torch.no_grad()
     def __call__(self, out: Step) -> Tensor:

@@ -20,12 +20,12 @@ from torch import Tensor
 from envs import task_spec
 from replay import EpisodeInfo, EpisodeStore
 from uncertainty.baselines import KNNDistance
-from uncertainty.predictors import MotionStats, RunningMotion, StepSignal, offered_signals, rms
+from uncertainty.predictors import MemorylessSignal, MotionStats, RunningMotion, StepSignal, offered_signals, rms
 from uncertainty.retracing import retracing_actions
 from world_models.base import SimState, Simulator, Step
 
 
-class KNNSignal:
+class KNNSignal(MemorylessSignal):
     """Mean distance of each imagined latent to its k nearest training latents `[B]`."""
 
     signals: tuple[str, ...] = ()
@@ -34,12 +34,6 @@ class KNNSignal:
     def __init__(self, knn: KNNDistance, *, motion: MotionStats | RunningMotion | None = None,
                  task: str | None = None):
         self.knn, self.motion, self.task = knn, motion, task
-
-    def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None:
-        """Nothing to remember: the distance reads the new latent alone."""
-
-    def before(self, state: SimState, action: Tensor) -> None:
-        """Nothing to remember: the distance reads the new latent alone."""
 
     @torch.no_grad()
     def __call__(self, out: Step) -> Tensor:
