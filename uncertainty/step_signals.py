@@ -51,7 +51,7 @@ class RetracingSignal:
 
     The states `s_{-k}` before the first imagined step are rebuilt from the real context
     windows in `begin`, so every step has its k steps of history: contexts need more than
-    `max(ks)` frames. Each step costs `Σ (k + 1)` extra model steps (3 with the default
+    `max(ks)` frames. Each step costs `Σ (k + 1)` extra model steps (2 with the default
     `ks = (1,)`; WHALE's (1, 2, 3) costs 9). Distances are latent RMS; the offline
     `retracing_uncertainty` uses LPIPS of decoded frames where `lpips` can run.
     """
