@@ -15,6 +15,7 @@ Nothing here touches an environment: `evaluate` (optional) is the caller's.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ class Transitions:
                              ("obs", "actions", "rewards", "next_obs", "terminals")))
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # two writers never share a temporary file
         np.savez(tmp, **self.__dict__)
         tmp.replace(path)
 

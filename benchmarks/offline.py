@@ -7,8 +7,8 @@ one dataset, over seeds, printed as one table (mean ± std of the final real ret
     python benchmarks/offline.py ... --rows mopo:lam0,mopo:max_std             # single MOPO rows
 
 Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
-mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, knn, u_f or token_entropy,
-and retracing on delta-pose tasks, for pixel models; max_std and disagreement for the state
+mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, knn, u_f or token_entropy, a feature
+ensemble's disagreement, and retracing on delta-pose tasks, for pixel models; max_std and disagreement for the state
 ensemble; `uncertainty.step_signal_names`); `mopo` is all of these, and
 `mopo:lam0` or `mopo:<signal>` one of them. Every row learns from the same store and the same
 real transitions; the environment only evaluates. With `--state` the learners read recorded
@@ -17,6 +17,7 @@ ensemble (`experiments/train.py world_model=ensemble`) is read the same way, unt
 """
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import world_models
 from agents import FeaturePolicyAgent, ObservationPolicyAgent
 from agents.evaluate import evaluate
 from agents.learner import Learner
-from agents.offline import MOPOConfig, feature_transitions, learner_hyper, mopo
+from agents.offline import MOPOConfig, feature_transitions, features_cache, learner_hyper, mopo
 from replay import EpisodeStore
 from uncertainty import MotionStats, step_signal, step_signal_names
 from world_models.imagined import StartWindows
@@ -85,7 +86,9 @@ def main() -> None:
     bad = set(picked) - {"lam0", *signals}
     if bad:
         raise SystemExit(f"error: {model.name} offers no signal {sorted(bad)}; it offers {', '.join(signals)}")
-    real = feature_transitions(model, store, episodes, args.task, context=context, progress=False)
+    # pixel features are cached where experiments/offline.py caches them, keyed by the weights
+    cache = None if args.state else features_cache(Path("runs/offline") / args.task, args.checkpoint, context, episodes)
+    real = feature_transitions(model, store, episodes, args.task, context=context, cache=cache, progress=False)
     dataset = float(np.mean([store.load(e).episode_return for e in episodes]))
     env = envs.make(args.task, obs="state" if args.state else "pixels",
                     size=64 if args.state else model.cfg.image_size)
@@ -112,7 +115,8 @@ def main() -> None:
             torch.manual_seed(seed)
             learner = Learner(algo, real.obs_dim, spec.action_dim, **learner_hyper(algo, reward_scale=args.reward_scale))
             penalty = step_signal(signal, model, task=args.task, motion=motion, store=store, episodes=episodes,
-                                  retracing_ks=args.retracing_ks, seed=seed) if signal else None
+                                  retracing_ks=args.retracing_ks, seed=seed,
+                                  real=(real.obs, real.actions, real.rewards, real.next_obs)) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500,
                              real_ratio=args.real_ratio)
             ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,

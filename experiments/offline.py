@@ -29,7 +29,7 @@ import envs  # noqa: E402
 from agents import FeaturePolicyAgent, ObservationPolicyAgent  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
-from agents.offline import MOPOConfig, feature_transitions, features_cache, learner_hyper, mopo  # noqa: E402
+from agents.offline import MOPOConfig, Transitions, feature_transitions, features_cache, learner_hyper, mopo  # noqa: E402
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import MotionStats, step_signal, step_signal_names  # noqa: E402
 from world_models.checkpoint import hold_lock  # noqa: E402
@@ -42,16 +42,22 @@ def method_name(cfg: DictConfig) -> str:
     return f"mopo-{cfg.algo}-{cfg.penalty}-{cfg.lam:g}" if cfg.penalty and cfg.lam else f"mopo-{cfg.algo}-lam0"
 
 
-def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path):
+def check_penalty(cfg: DictConfig, model) -> None:
+    """Refuse a penalty the model does not offer, before any feature is computed."""
+    if cfg.penalty and cfg.lam and cfg.penalty not in step_signal_names(model, cfg.task):
+        raise ValueError(f"{model.name} on {cfg.task} offers the penalties {step_signal_names(model, cfg.task)}, "
+                         f"not {cfg.penalty!r}")
+
+
+def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path, real: Transitions):
     """The penalty by name (`uncertainty.step_signal`), motion-normalised for pixel models."""
     if not (cfg.penalty and cfg.lam):
         return None
-    if cfg.penalty not in step_signal_names(model, cfg.task):
-        raise ValueError(f"{model.name} on {cfg.task} offers the penalties {step_signal_names(model, cfg.task)}, "
-                         f"not {cfg.penalty!r}")
+    check_penalty(cfg, model)
     motion = MotionStats.load(checkpoint, cfg.task) if not model.reads_states else None
     return step_signal(cfg.penalty, model, task=cfg.task, motion=motion, store=store, episodes=episodes,
-                       retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed)
+                       retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed,
+                       real=(real.obs, real.actions, real.rewards, real.next_obs))
 
 
 def plot_returns(task_dir: Path, seed: int, dataset_return: float) -> Path:
@@ -93,7 +99,7 @@ def main(cfg: DictConfig) -> None:
     if not episodes:
         raise ValueError(f"no {cfg.task} episodes{f' of {cfg.behavior}' if cfg.behavior else ''} in {cfg.store}")
     torch.manual_seed(cfg.seed)
-    penalty = make_penalty(cfg, model, store, episodes, found)
+    check_penalty(cfg, model)
     method = method_name(cfg)
     out = Path(cfg.out or f"runs/offline/{cfg.task}/{method}/{cfg.seed}")
     hold_lock(out)
@@ -102,6 +108,7 @@ def main(cfg: DictConfig) -> None:
     context = 1 if is_state else model.max_context
     cache = features_cache(out.parent.parent, found, context, episodes)
     real = feature_transitions(model, store, episodes, cfg.task, context=context, cache=cache, progress=cfg.progress)
+    penalty = make_penalty(cfg, model, store, episodes, found, real)
     dataset_return = float(np.mean([store.load(e).episode_return for e in episodes]))
     spec = envs.task_spec(cfg.task)
     hyper = learner_hyper(cfg.algo, batch_size=cfg.mopo.batch, **OmegaConf.to_container(cfg.learner))

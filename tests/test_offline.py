@@ -163,7 +163,7 @@ def test_imagined_rollouts_add_noise_to_td3_bc_and_keep_iqls_mean_action():
 
 
 @pytest.mark.parametrize("name", ["dreamer4", "whale"])
-def test_imagined_rollouts_penalise_with_retracing_and_knn_from_pixels(name, tmp_path):
+def test_imagined_rollouts_penalise_with_retracing_knn_and_ensemble_from_pixels(name, tmp_path):
     torch.manual_seed(0)
     store = EpisodeStore(tmp_path)
     collect("toy-reach", "random", store, 2, size=16, seed=0, progress=False)
@@ -174,8 +174,10 @@ def test_imagined_rollouts_penalise_with_retracing_and_knn_from_pixels(name, tmp
                 p.normal_(0, 0.05)
     starts = StartWindows(store, task="toy-reach", context=3)
     learner = Learner("td3+bc", model.feature_dim, 2)
-    for signal in ("retracing", "knn"):
-        penalty = step_signal(signal, model, task="toy-reach", store=store, episodes=store.episodes())
+    real = feature_transitions(model, store, store.episodes(), "toy-reach", context=3, progress=False)
+    for signal in ("retracing", "knn", "ensemble"):
+        penalty = step_signal(signal, model, task="toy-reach", store=store, episodes=store.episodes(),
+                              real=(real.obs, real.actions, real.rewards, real.next_obs))
         rollouts, stats = imagined_rollouts(model, learner, starts, 4, 3, penalty, ImaginedReward(reward=0.0, penalty=1.0),
                                             np.random.default_rng(0), torch.Generator().manual_seed(0))
         assert len(rollouts) == 12 and np.isfinite(rollouts.rewards).all()

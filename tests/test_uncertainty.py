@@ -11,7 +11,7 @@ from replay import EpisodeStore, collect
 from uncertainty import (KNNDistance, MotionStats, RunningMotion, auroc, latent_motion,
                          retracing_actions, retracing_uncertainty, round_trip_residual,
                          seed_variance, signal, spearman, ssim, step_signal, step_signal_names)
-from uncertainty.step_signals import RetracingSignal
+from uncertainty.step_signals import FeatureEnsembleSignal, RetracingSignal
 from world_models.base import SimState, Simulator, Step
 
 
@@ -196,10 +196,26 @@ def test_retracing_step_signal_is_zero_where_the_model_is_consistent_and_sees_a_
     torch.testing.assert_close(u, torch.tensor([[0.0, 2 * math.sqrt(0.1 ** 2 / 2)]]))
 
 
+def test_feature_ensemble_disagrees_more_off_the_data_than_on_it():
+    model, g = Integrator(), torch.Generator().manual_seed(0)
+    pos = torch.rand(3000, 2, generator=g) - 0.5                  # real features: the centre square only
+    acts = torch.rand(3000, 2, generator=g) * 2 - 1
+    nxt = (pos + 0.15 * acts).clamp(-1, 1)
+    sig = FeatureEnsembleSignal.fit(pos, acts, torch.zeros(3000), nxt, task="toy-reach", preset="tiny", seed=0)
+    test_acts = torch.rand(1, 3, 2, generator=g) * 2 - 1
+    on = run_signal(sig, model, torch.zeros(1, 1, 2), None, test_acts * 0.3)
+    off = run_signal(sig, model, torch.full((1, 1, 2), 0.95), None, test_acts * 0.3)  # a corner it never saw
+    print(f"disagreement on the data {on.mean():.4f}, off it {off.mean():.4f}")
+    assert off.mean() > 3 * on.mean()
+    sig.begin(None, None, None)  # a new batch of rollouts forgets the last step
+    with pytest.raises(RuntimeError, match="before"):
+        sig(Step(latent=torch.zeros(1, 2), reward=None, features=torch.zeros(1, 2)))
+
+
 def test_step_signals_by_name_refuse_what_the_model_or_task_cannot_give():
     torch.manual_seed(0)
     whale = world_models.make("whale", "tiny", tasks=("toy-reach", "cup-catch"))
-    assert step_signal_names(whale, "toy-reach") == ["u_r", "u_s", "token_entropy", "knn", "retracing"]
+    assert step_signal_names(whale, "toy-reach") == ["u_r", "u_s", "token_entropy", "knn", "ensemble", "retracing"]
     assert "retracing" not in step_signal_names(whale, "cup-catch")  # torque actions do not accumulate
     with pytest.raises(ValueError, match="not 'retracing'"):
         step_signal("retracing", whale, task="cup-catch")
@@ -207,6 +223,8 @@ def test_step_signals_by_name_refuse_what_the_model_or_task_cannot_give():
         step_signal("bogus", whale, task="toy-reach")
     with pytest.raises(ValueError, match="needs the store"):
         step_signal("knn", whale, task="toy-reach")
+    with pytest.raises(ValueError, match="real feature transitions"):
+        step_signal("ensemble", whale, task="toy-reach")
     sig = step_signal("retracing", whale, task="toy-reach")
     with pytest.raises(ValueError, match="more than 1 frames"):
         sig.begin(whale.start(torch.zeros(2, 3, 16, 16)), torch.zeros(2, 1, 3, 16, 16), None)

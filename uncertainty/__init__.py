@@ -7,9 +7,9 @@ from uncertainty.predictors import (PREDICTORS, MotionStats, RunningMotion, Step
                                     hallucination_signals, offered_signals,
                                     latent_motion, round_trip_residual, seed_variance, signal)
 from uncertainty.retracing import RetracingResult, retracing_actions, retracing_uncertainty
-from uncertainty.step_signals import KNNSignal, RetracingSignal, step_signal, step_signal_names
+from uncertainty.step_signals import FeatureEnsembleSignal, KNNSignal, RetracingSignal, step_signal, step_signal_names
 
-__all__ = ["KNNDistance", "KNNSignal", "MotionStats", "PREDICTORS", "RetracingResult", "RetracingSignal",
+__all__ = ["FeatureEnsembleSignal", "KNNDistance", "KNNSignal", "MotionStats", "PREDICTORS", "RetracingResult", "RetracingSignal",
            "RunningMotion", "StepSignal", "step_signal", "step_signal_names", "action_shuffle_ratio",
            "auroc", "check_signal", "ensemble_disagreement", "hallucination_signals", "latent_motion", "lpips",
            "mse", "offered_signals", "psnr", "recon_psnr", "retracing_actions", "retracing_uncertainty",

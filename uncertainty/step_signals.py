@@ -1,6 +1,7 @@
 """Every uncertainty signal by name, as the per-step `Signal` of imagined rollouts (MOPO's
 penalty, a curiosity bonus): `u_r`, `u_s`, `u_f`, `token_entropy`, `max_std`,
-`disagreement` (`StepSignal`), `knn` (`KNNSignal`) and `retracing` (`RetracingSignal`).
+`disagreement` (`StepSignal`), `knn` (`KNNSignal`), `retracing` (`RetracingSignal`) and
+`ensemble` (`FeatureEnsembleSignal`).
 
     signal = step_signal("retracing", model, task="mw-plate-slide", motion=motion)
     state = model.start(frames, context_actions, task=task)
@@ -23,6 +24,7 @@ from uncertainty.baselines import KNNDistance
 from uncertainty.predictors import MemorylessSignal, MotionStats, RunningMotion, StepSignal, offered_signals, rms
 from uncertainty.retracing import retracing_actions
 from world_models.base import SimState, Simulator, Step
+from world_models.ensemble import Ensemble, make_config
 
 
 class KNNSignal(MemorylessSignal):
@@ -110,11 +112,59 @@ class RetracingSignal:
         return u if self.motion is None else self.motion.normalise(u, self.task)
 
 
+class FeatureEnsembleSignal:
+    """Disagreement of an ensemble of latent dynamics about each imagined transition `[B]`.
+
+    K Gaussian MLPs (`world_models.Ensemble`, MOPO's dynamics) are fitted on the real
+    transitions of the pixel model's features, `[f_t, a_t] -> f_{t+1}` (latent MOPO, as in
+    LOMPO); `u` is the largest distance of an elite's mean from the elites' mean. The pixel
+    model imagines; the ensemble only judges each of its steps: WHALE's ensemble baseline
+    without K pixel models.
+    """
+
+    signals: tuple[str, ...] = ()
+    seeds = 1
+
+    def __init__(self, ensemble: Ensemble, task: str, *, motion: MotionStats | RunningMotion | None = None):
+        self.ensemble, self.task, self.motion = ensemble, task, motion
+        self.pending: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def fit(cls, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, *, task: str,
+            motion: MotionStats | RunningMotion | None = None, seed: int = 0, preset: str = "small",
+            **overrides) -> "FeatureEnsembleSignal":
+        """Fit on real feature transitions `obs, next_obs [N, F]`, `actions [N, A]`, `rewards [N]`."""
+        cfg = make_config(preset, state_dim=obs.shape[1], action_dim=actions.shape[1], **{"max_seconds": 180.0, **overrides})
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            ensemble = Ensemble(cfg, tasks=(task,))
+        ensemble.fit_transitions(obs, actions, rewards, next_obs, seed=seed, progress=False)
+        return cls(ensemble, task, motion=motion)
+
+    def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None:
+        self.pending = None
+
+    def before(self, state: SimState, action: Tensor) -> None:
+        """Remember the features `[B, F]` and the action `[B, A]` of the step about to be taken."""
+        self.pending = (state.features, action)
+
+    @torch.no_grad()
+    def __call__(self, out: Step) -> Tensor:
+        if self.pending is None:
+            raise RuntimeError("FeatureEnsembleSignal.before must be called with each state and action before the step")
+        features, action = self.pending
+        ens = self.ensemble
+        start = ens.start(features.float().to(ens.device), task=self.task)
+        _, judged = ens.step(start, action.float().to(ens.device), signals=("disagreement",))
+        u = judged.signals["disagreement"].to(out.latent.device)
+        return u if self.motion is None else self.motion.normalise(u, self.task)
+
+
 def step_signal_names(model: Simulator, task: str) -> list[str]:
     """The names `step_signal` accepts for `model` on `task`."""
     names = offered_signals(model)
     if not getattr(model, "reads_states", False):
-        names.append("knn")
+        names += ["knn", "ensemble"]
         native = getattr(model, "native_signals", ())
         if task_spec(task).action_kind == "delta_pose" and {"token_entropy", "flow_instability"} & set(native):
             names.append("retracing")
@@ -123,9 +173,12 @@ def step_signal_names(model: Simulator, task: str) -> list[str]:
 
 def step_signal(name: str, model: Simulator, *, task: str, motion: MotionStats | RunningMotion | None = None,
                 store: EpisodeStore | None = None, episodes: list[EpisodeInfo] | None = None,
-                retracing_ks: tuple[int, ...] = (1,), seed: int = 0):
+                retracing_ks: tuple[int, ...] = (1,), seed: int = 0,
+                real: tuple[Tensor, Tensor, Tensor, Tensor] | None = None):
     """The step `Signal` called `name` for `model` on `task`, divided by `motion` when given.
-    `knn` fits its bank of training latents on `episodes` of `store`."""
+    `knn` fits its bank of training latents on `episodes` of `store`; `ensemble` fits on
+    `real`, the features of real transitions `(obs [N, F], actions [N, A], rewards [N],
+    next_obs [N, F])`."""
     names = step_signal_names(model, task)
     if name not in names:
         raise ValueError(f"{model.name} on {task} offers the signals {names}, not {name!r}")
@@ -133,6 +186,11 @@ def step_signal(name: str, model: Simulator, *, task: str, motion: MotionStats |
         if store is None or not episodes:
             raise ValueError("the knn signal needs the store and the training episodes for its latent bank")
         return KNNSignal(KNNDistance.fit(store, model, episodes, seed=seed), motion=motion, task=task)
+    if name == "ensemble":
+        if real is None:
+            raise ValueError("the ensemble signal needs the real feature transitions (real=) to fit on")
+        return FeatureEnsembleSignal.fit(*(torch.as_tensor(x).float() for x in real), task=task, motion=motion,
+                                         seed=seed)
     if name == "retracing":
         return RetracingSignal(model, task, ks=retracing_ks, motion=motion)
     return StepSignal(name, model, motion=motion, task=task)

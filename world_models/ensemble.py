@@ -169,8 +169,17 @@ class Ensemble(Simulator, nn.Module):
             progress: bool = True) -> dict[str, float]:
         """Train every member on all transitions of `episodes` (recorded states), stop early
         on a held-out share, keep each member's best weights and pick the elites."""
+        return self.fit_transitions(*transitions(store, episodes, self.cfg.state_dim, self.cfg.action_dim),
+                                    seed=seed, progress=progress)
+
+    def fit_transitions(self, s: Tensor, a: Tensor, r: Tensor, s2: Tensor, *, seed: int = 0,
+                        progress: bool = True) -> dict[str, float]:
+        """`fit` on transitions `s [N, S]`, `a [N, A]`, `r [N]`, `s2 [N, S]` of any vector state."""
         cfg = self.cfg
-        s, a, r, s2 = transitions(store, episodes, cfg.state_dim, cfg.action_dim)
+        if not (len(s) == len(a) == len(r) == len(s2)) or s.shape[1:] != (cfg.state_dim,) or \
+                s2.shape != s.shape or a.shape[1:] != (cfg.action_dim,):
+            raise ValueError(f"the ensemble fits s [N, {cfg.state_dim}], a [N, {cfg.action_dim}], r [N], s2 [N, "
+                             f"{cfg.state_dim}]; got {tuple(s.shape)}, {tuple(a.shape)}, {tuple(r.shape)}, {tuple(s2.shape)}")
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(s), generator=gen)
         n_hold = max(1, int(cfg.holdout * len(s)))
