@@ -7,7 +7,7 @@ from agents.bc import BCAgent, RandomAgent
 from agents.context import FrameContext
 from agents.curiosity import CuriosityAgent
 from agents.mpc import MPCAgent
-from agents.policy import FeaturePolicyAgent, ObservationPolicyAgent
+from agents.policy import FeaturePolicyAgent, ObservationPolicyAgent, StackedFramesAgent
 
 __all__ = ["BCAgent", "CuriosityAgent", "FeaturePolicyAgent", "FrameContext", "MPCAgent", "ObservationPolicyAgent",
-           "RandomAgent"]
+           "RandomAgent", "StackedFramesAgent"]

@@ -8,6 +8,13 @@ import torch
 from torch import Tensor
 
 
+def stack_frames(frames: np.ndarray, stack: int) -> np.ndarray:
+    """`[T, 3, H, W]` -> `[T, 3 * stack, H, W]`: each frame with the `stack - 1` before it on
+    the channel axis, the first frame repeated before the start."""
+    padded = np.concatenate([np.repeat(frames[:1], stack - 1, 0), frames])
+    return np.concatenate([padded[k: k + len(frames)] for k in range(stack)], 1)
+
+
 class FrameContext:
     """The last `length` frames and the actions between them.
 

@@ -1,13 +1,19 @@
-"""`Learner`: a d3rlpy offline-RL algorithm over feature vectors, saved without pickles.
+"""`Learner`: a d3rlpy offline-RL algorithm over feature vectors or raw frames, saved without pickles.
 
     learner = Learner("iql", obs_dim=128, action_dim=2)
     learner.update(obs, actions, rewards, next_obs, terminals)   # one gradient step
     learner.act(obs)                  # [N, A] deterministic actions
     learner.value(obs_t, actions_t)   # torch [N]: Q(f, a), batched for planners
     learner.save("runs/offline/.../learner"); Learner.load(...)
+    Learner("cql", obs_dim=(9, 64, 64), action_dim=4)   # raw frames: d3rlpy's conv encoder, DrQ's shifts
 
 d3rlpy is the learner; Mirage supplies the batches (real and imagined transitions). A
-learner folder holds `learner.safetensors` (every torch module of the algorithm),
+learner of raw frames (`obs_dim` a `(C, H, W)` shape, uint8 pixels) is V-D4RL's model-free
+pixel baseline: d3rlpy's `PixelEncoderFactory` for every network (the Nature-DQN conv
+stack from 36 px, two 3 x 3 stride-2 layers below), pixels scaled by 1/255, and DrQ's random shifts (edge-pad by `PIXEL_SHIFT`, crop
+back at a random offset, independently for `obs` and `next_obs`) on each batch.
+
+A learner folder holds `learner.safetensors` (every torch module of the algorithm),
 `learner.json` (algorithm, sizes, hyperparameters, gradient steps) and, for resuming,
 `optim.pt` (optimiser states, loaded with `weights_only=True`). Nothing is unpickled.
 """
@@ -28,6 +34,7 @@ from world_models.checkpoint import load_module, read_json, read_weights, sha256
 
 ALGOS = ("sac", "cql", "iql", "td3+bc", "bc")
 EXPLORE_STD = 0.2   # rollout noise on the actions of TD3+BC and BC (TD3+BC's target-smoothing std)
+PIXEL_SHIFT = 4     # DrQ's random shift, in pixels (84 px frames in DrQ; 64 here)
 
 
 def d3rlpy():
@@ -41,7 +48,7 @@ def d3rlpy():
     return module
 
 
-def _config(algo: str, **hyper):
+def _config(algo: str, frame: tuple[int, int] | None = None, **hyper):
     d3rlpy = globals()["d3rlpy"]()
     configs = {"sac": d3rlpy.algos.SACConfig, "cql": d3rlpy.algos.CQLConfig, "iql": d3rlpy.algos.IQLConfig,
                "td3+bc": d3rlpy.algos.TD3PlusBCConfig, "bc": d3rlpy.algos.BCConfig}
@@ -52,7 +59,21 @@ def _config(algo: str, **hyper):
     bad = sorted(set(hyper) - known)
     if bad:
         raise ValueError(f"{algo}: unknown hyperparameter(s) {', '.join(bad)}")
+    if frame is not None:
+        small = [[32, 3, 2], [64, 3, 2]]  # the Nature stack's 8 x 8 / 4 first layer needs 36 px or more
+        conv = d3rlpy.models.PixelEncoderFactory(**({} if min(frame) >= 36 else {"filters": small}))
+        hyper = {**hyper, "observation_scaler": d3rlpy.preprocessing.PixelObservationScaler(),
+                 **{f: conv for f in known if f.endswith("encoder_factory")}}
     return cls(**hyper)
+
+
+def random_shift(images: np.ndarray, pad: int = PIXEL_SHIFT) -> np.ndarray:
+    """DrQ's augmentation of `[N, C, H, W]` images: edge-pad by `pad`, crop back to `H x W`
+    at an offset drawn for each image (torch's global generator)."""
+    n, _, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n)).numpy()
+    return np.stack([padded[i, :, y: y + h, x: x + w] for i, (y, x) in enumerate(zip(dy, dx))])
 
 
 class Learner:
@@ -62,14 +83,18 @@ class Learner:
     docs/offline.md); `value` divides it out again, so Q stays in the task's reward units
     for planners."""
 
-    def __init__(self, algo: str, obs_dim: int, action_dim: int, device: str = "cpu:0",
+    def __init__(self, algo: str, obs_dim: int | tuple[int, int, int], action_dim: int, device: str = "cpu:0",
                  reward_scale: float = 1.0, **hyper):
         if not (np.isfinite(reward_scale) and reward_scale > 0):
             raise ValueError(f"reward_scale must be a positive number, got {reward_scale}")
+        self.pixels = not isinstance(obs_dim, (int, np.integer))
+        if self.pixels and (len(obs_dim) != 3 or min(obs_dim) < 1):
+            raise ValueError(f"obs_dim is a feature size or a (C, H, W) frame shape, got {obs_dim}")
+        obs_dim = tuple(int(d) for d in obs_dim) if self.pixels else int(obs_dim)
         self.name, self.obs_dim, self.action_dim, self.hyper = algo, obs_dim, action_dim, hyper
         self.reward_scale = float(reward_scale)
-        self.algo = _config(algo, **hyper).create(device=device)
-        self.algo.create_impl((obs_dim,), action_dim)
+        self.algo = _config(algo, obs_dim[1:] if self.pixels else None, **hyper).create(device=device)
+        self.algo.create_impl(obs_dim if self.pixels else (obs_dim,), action_dim)
         self.steps = 0
 
     @property
@@ -83,10 +108,12 @@ class Learner:
 
     def update(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
                terminals: np.ndarray) -> dict[str, float]:
-        """One gradient step on a batch: `obs, next_obs [N, F]`, `actions [N, A]`, `rewards,
-        terminals [N]`."""
+        """One gradient step on a batch: `obs, next_obs [N, F]` (or uint8 frames `[N, C, H, W]`,
+        shifted here), `actions [N, A]`, `rewards, terminals [N]`."""
         TransitionMiniBatch = d3rlpy().dataset.TransitionMiniBatch
         n = len(obs)
+        if self.pixels:
+            obs, next_obs = random_shift(obs), random_shift(next_obs)
         f32 = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
         rewards = f32(rewards).reshape(n, 1) * np.float32(self.reward_scale)
         batch = TransitionMiniBatch(observations=f32(obs), actions=f32(actions), rewards=rewards,
@@ -111,10 +138,15 @@ class Learner:
             action = np.clip(action + noise, -1, 1).astype(np.float32)
         return action
 
+    def _scaled(self, obs: Tensor) -> Tensor:
+        """`obs` as the networks read it: on the algorithm's device, pixels scaled to [0, 1]."""
+        x = obs.float().to(self.algo.impl.device)
+        return self.algo.config.observation_scaler.transform(x) if self.pixels else x
+
     @torch.no_grad()
     def policy(self, obs: Tensor) -> Tensor:
         """Deterministic actions `[N, A]` for feature tensors `[N, F]` (torch, batched)."""
-        return self.algo.impl.predict_best_action(obs.float().to(self.algo.impl.device)).to(obs.device)
+        return self.algo.impl.predict_best_action(self._scaled(obs)).to(obs.device)
 
     @torch.no_grad()
     def value(self, obs: Tensor, actions: Tensor) -> Tensor:
@@ -122,8 +154,8 @@ class Learner:
         actions `[N, A]`."""
         if not self.has_critic:
             raise ValueError("bc has no critic")
-        dev = self.algo.impl.device
-        q = self.algo.impl.predict_value(obs.float().to(dev), actions.float().to(dev)).reshape(-1).to(obs.device)
+        q = self.algo.impl.predict_value(self._scaled(obs), actions.float().to(self.algo.impl.device))
+        q = q.reshape(-1).to(obs.device)
         return q / self.reward_scale
 
     @torch.no_grad()
@@ -161,7 +193,8 @@ class Learner:
         spec_path, weights_path, optim_path = folder / "learner.json", folder / "learner.safetensors", folder / "optim.pt"
         spec = read_json(spec_path, ("algo", "obs_dim", "action_dim", "hyper", "steps"))
         try:
-            learner = cls(spec["algo"], spec["obs_dim"], spec["action_dim"], device=device,
+            obs_dim = tuple(spec["obs_dim"]) if isinstance(spec["obs_dim"], list) else spec["obs_dim"]
+            learner = cls(spec["algo"], obs_dim, spec["action_dim"], device=device,
                           reward_scale=spec.get("reward_scale", 1.0), **spec["hyper"])
         except (TypeError, ValueError) as err:
             raise ValueError(f"{spec_path}: does not describe a learner ({' '.join(str(err).split())})") from None

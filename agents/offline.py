@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents.context import stack_frames
 from agents.learner import Learner
 from replay import EpisodeInfo, EpisodeStore
 from world_models import Simulator, episode_features
@@ -112,6 +113,28 @@ def feature_transitions(model: Simulator, store: EpisodeStore, episodes: list[Ep
         cache.parent.mkdir(parents=True, exist_ok=True)
         real.save(cache)
     return real
+
+
+def frame_transitions(store: EpisodeStore, episodes: list[EpisodeInfo], task: str, *, stack: int = 3,
+                      progress: bool = True) -> Transitions:
+    """Every real transition of `episodes` as raw frames for a pixel learner: `obs, next_obs`
+    uint8 `[N, 3 * stack, H, W]`, the last `stack` frames on the channel axis (the first
+    frame repeated before an episode's start, as DrQ's frame stack does at reset)."""
+    if stack < 1:
+        raise ValueError(f"stack must be >= 1 frame, got {stack}")
+    parts = []
+    for info in tqdm(episodes, desc="frames", disable=not progress):
+        ep = store.load(info)
+        if ep is None:
+            continue
+        stacked = stack_frames(ep.frames, stack)
+        term = np.zeros(len(ep.actions), np.float32)
+        term[-1] = float(ep.terminated)
+        parts.append(Transitions(stacked[:-1], ep.actions.astype(np.float32), ep.rewards.astype(np.float32),
+                                 stacked[1:], term))
+    if not parts:
+        raise ValueError(f"no readable {task} episodes among {len(episodes)}")
+    return Transitions.cat(parts)
 
 
 class ModelBuffer:

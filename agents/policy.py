@@ -1,5 +1,5 @@
-"""Agents that act with a learned policy: over world-model features of real frames, or over
-the environment's own observations."""
+"""Agents that act with a learned policy: over world-model features of real frames, over
+stacked raw frames, or over the environment's own observations."""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from agents.context import ContextAgent
+from agents.context import ContextAgent, stack_frames
 from world_models import Simulator
 
 
@@ -25,6 +25,20 @@ class FeaturePolicyAgent(ContextAgent):
         frames, actions = self.context.tensors(self.model.device)
         features = self.model.features(frames, actions, task=self.task)[0].float().cpu().numpy()
         return np.asarray(self.policy(features), np.float32)
+
+
+class StackedFramesAgent(ContextAgent):
+    """Acts with `policy(frames [3 * stack, h, w]) -> action [A]` on its last `stack` real
+    frames, the first repeated at an episode's start (`agents.context.stack_frames`): the
+    model-free pixel learners of `agents.learner`."""
+
+    def __init__(self, policy: Callable[[np.ndarray], np.ndarray], stack: int = 3):
+        super().__init__(stack)
+        self.policy, self.stack = policy, stack
+
+    def act(self) -> np.ndarray:
+        frames = np.stack([f.numpy() for f in self.context.frames])
+        return np.asarray(self.policy(stack_frames(frames, self.stack)[-1]), np.float32)
 
 
 class ObservationPolicyAgent:

@@ -5,13 +5,16 @@ one dataset, over seeds, printed as one table (mean ± std of the final real ret
     python benchmarks/offline.py --task toy-reach --store runs/data --state   # the state ensemble
     python benchmarks/offline.py ... --rows bc,iql,mopo                        # a subset of the rows
     python benchmarks/offline.py ... --rows mopo:lam0,mopo:max_std             # single MOPO rows
+    python benchmarks/offline.py ... --rows td3+bc-pixels                       # DrQ+BC on raw frames
 
 Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
 mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, knn, u_f or token_entropy, a feature
 ensemble's disagreement, and retracing on delta-pose tasks, for pixel models; max_std and disagreement for the state
 ensemble; `uncertainty.step_signal_names`); `mopo` is all of these, and
-`mopo:lam0` or `mopo:<signal>` one of them. Every row learns from the same store and the same
-real transitions; the environment only evaluates. With `--state` the learners read recorded
+`mopo:lam0` or `mopo:<signal>` one of them. On request, V-D4RL's model-free pixel anchors:
+`<algo>-pixels` (bc, cql, iql, td3+bc) learn from the store's raw frames, `--stack` of them,
+with d3rlpy's conv encoder and DrQ's random shifts (`td3+bc-pixels` is DrQ+BC). Every row
+learns from the same store; the environment only evaluates. With `--state` the learners read recorded
 states and MOPO imagines with a state ensemble trained here; a `--checkpoint` of a state
 ensemble (`experiments/train.py world_model=ensemble`) is read the same way, untrained.
 """
@@ -24,15 +27,16 @@ import torch
 
 import envs
 import world_models
-from agents import FeaturePolicyAgent, ObservationPolicyAgent
+from agents import FeaturePolicyAgent, ObservationPolicyAgent, StackedFramesAgent
 from agents.evaluate import evaluate
 from agents.learner import Learner
-from agents.offline import MOPOConfig, feature_transitions, features_cache, learner_hyper, mopo
+from agents.offline import MOPOConfig, feature_transitions, features_cache, frame_transitions, learner_hyper, mopo
 from replay import EpisodeStore
 from uncertainty import MotionStats, step_signal, step_signal_names
 from world_models.imagined import StartWindows
 
 ROWS = ("bc", "cql", "iql", "td3+bc", "mopo")
+PIXEL_ROWS = ("bc-pixels", "cql-pixels", "iql-pixels", "td3+bc-pixels")
 
 
 def main() -> None:
@@ -55,13 +59,17 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", default=",".join(ROWS), help="the rows to run, comma-separated (mopo: λ = 0 and each signal)")
+    p.add_argument("--stack", type=int, default=3, help="frames a pixel row's learner reads (V-D4RL: 3)")
+    p.add_argument("--pixel-batch", type=int, default=64, help="batch of the pixel rows (conv nets on a CPU)")
     args = p.parse_args()
     if args.state == bool(args.checkpoint):
         raise SystemExit("error: give --checkpoint (a world model) or --state")
     chosen = set(args.rows.split(","))
-    unknown = {r for r in chosen if r.split(":")[0] not in ROWS or r.startswith(("bc:", "cql:", "iql:", "td3+bc:"))}
+    unknown = {r for r in chosen if r not in PIXEL_ROWS and (r.split(":")[0] not in ROWS or
+                                                             r.startswith(("bc:", "cql:", "iql:", "td3+bc:")))}
     if unknown:
-        raise SystemExit(f"error: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}, mopo:lam0, mopo:<signal>")
+        raise SystemExit(f"error: unknown rows {sorted(unknown)}; choose from {','.join(ROWS + PIXEL_ROWS)}, "
+                         "mopo:lam0, mopo:<signal>")
     torch.set_num_threads(args.threads)
     store = EpisodeStore(args.store)
     episodes = store.episodes(task=args.task)
@@ -95,33 +103,45 @@ def main() -> None:
     starts = StartWindows(store, episodes, task=args.task, context=context,
                           observation="states" if args.state else "frames")
 
-    def agent_for(learner):
+    pixel_rows = [r for r in PIXEL_ROWS if r in chosen]
+    frames = frame_transitions(store, episodes, args.task, stack=args.stack, progress=False) if pixel_rows else None
+    pixel_env = envs.make(args.task, obs="pixels", size=frames.obs.shape[-1]) if pixel_rows else None
+
+    def agent_for(learner, pixels: bool):
         act = lambda o: learner.act(o[None])[0]  # noqa: E731
+        if pixels:
+            return lambda s: StackedFramesAgent(act, args.stack)
         return (lambda s: ObservationPolicyAgent(act)) if args.state else \
             (lambda s: FeaturePolicyAgent(model, act, args.task, context=context))
 
-    rows = [(a, a, False, None, 0.0) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
+    # (row, algo, imagines with the model, penalty, λ, learns from raw frames)
+    rows = [(a, a, False, None, 0.0, False) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
+    rows += [(r, r.removesuffix("-pixels"), False, None, 0.0, True) for r in pixel_rows]
     if "mopo" in chosen or "lam0" in picked:
-        rows.append((f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0))
-    rows += [(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam) for s in signals
+        rows.append((f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0, False))
+    rows += [(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam, False) for s in signals
              if "mopo" in chosen or s in picked]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
-          f"{args.steps} gradient steps, seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {args.episodes} evaluation episodes each, "
+          f"{args.steps} gradient steps, seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, "
+          f"{args.episodes} evaluation episodes each, "
           f"rewards x {args.reward_scale:g}, MOPO's real share {args.real_ratio:g}")
     results = {}
-    for name, algo, use_model, signal, lam in rows:
+    for name, algo, use_model, signal, lam, pixels in rows:
         returns, successes, t0 = [], [], time.perf_counter()
+        data = frames if pixels else real
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             torch.manual_seed(seed)
-            learner = Learner(algo, real.obs_dim, spec.action_dim, **learner_hyper(algo, reward_scale=args.reward_scale))
+            learner = Learner(algo, data.obs.shape[1:] if pixels else data.obs_dim, spec.action_dim,
+                              **learner_hyper(algo, reward_scale=args.reward_scale))
             penalty = step_signal(signal, model, task=args.task, motion=motion, store=store, episodes=episodes,
                                   retracing_ks=args.retracing_ks, seed=seed,
                                   real=(real.obs, real.actions, real.rewards, real.next_obs)) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500,
-                             real_ratio=args.real_ratio)
-            ev = mopo(model if use_model else None, learner, real, starts if use_model else None, cfg,
+                             real_ratio=args.real_ratio, batch=args.pixel_batch if pixels else MOPOConfig.batch)
+            ev = mopo(model if use_model else None, learner, data, starts if use_model else None, cfg,
                       penalty=penalty, lam=lam, progress=False,
-                      evaluate=lambda l: evaluate(env, agent_for(l), args.episodes, seed=1000 * (seed + 1)))
+                      evaluate=lambda lrn: evaluate(pixel_env if pixels else env, agent_for(lrn, pixels), args.episodes,
+                                                    seed=1000 * (seed + 1)))
             returns.append(ev[-1]["return"])
             successes += [ev[-1]["success"]] if "success" in ev[-1] else []
         results[name] = returns
