@@ -53,6 +53,7 @@ def main() -> None:
                    help="retracing steps k, comma-separated (WHALE: 1,2,3)")
     p.add_argument("--real-ratio", type=float, default=MOPOConfig.real_ratio,
                    help="share of real transitions in MOPO's batches")
+    p.add_argument("--rollout-batch", type=int, default=500, help="imagined rollouts per MOPO round")
     p.add_argument("--algo", default="sac", help="the learner MOPO trains")
     p.add_argument("--reward-scale", type=float, default=1.0,
                    help="multiplies the rewards every learner trains on (Meta-World: 0.1)")
@@ -136,7 +137,7 @@ def main() -> None:
             penalty = step_signal(signal, model, task=args.task, motion=motion, store=store, episodes=episodes,
                                   retracing_ks=args.retracing_ks, seed=seed,
                                   real=(real.obs, real.actions, real.rewards, real.next_obs)) if signal else None
-            cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=500,
+            cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=args.rollout_batch,
                              real_ratio=args.real_ratio, batch=args.pixel_batch if pixels else MOPOConfig.batch)
             ev = mopo(model if use_model else None, learner, data, starts if use_model else None, cfg,
                       penalty=penalty, lam=lam, progress=False,
