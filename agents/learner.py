@@ -10,8 +10,9 @@
 d3rlpy is the learner; Mirage supplies the batches (real and imagined transitions). A
 learner of raw frames (`obs_dim` a `(C, H, W)` shape, uint8 pixels) is V-D4RL's model-free
 pixel baseline: d3rlpy's `PixelEncoderFactory` for every network (the Nature-DQN conv
-stack from 36 px, two 3 x 3 stride-2 layers below), pixels scaled by 1/255, and DrQ's random shifts (edge-pad by `PIXEL_SHIFT`, crop
-back at a random offset, independently for `obs` and `next_obs`) on each batch.
+stack from 36 px, two 3 x 3 stride-2 layers below), pixels scaled by 1/255, and DrQ's
+random shifts (edge-pad by `PIXEL_SHIFT`, crop back at a random offset, independently for
+`obs` and `next_obs`) on each batch.
 
 A learner folder holds `learner.safetensors` (every torch module of the algorithm),
 `learner.json` (algorithm, sizes, hyperparameters, gradient steps) and, for resuming,
