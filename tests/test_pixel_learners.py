@@ -9,7 +9,7 @@ import torch
 import envs
 from agents import RandomAgent, StackedFramesAgent
 from agents.evaluate import evaluate
-from agents.learner import PIXEL_SHIFT, Learner, random_shift
+from agents.learner import Learner, random_shift
 from agents.offline import MOPOConfig, frame_transitions, mopo
 from replay import EpisodeStore, collect
 
@@ -57,7 +57,6 @@ def test_pixel_learner_shifts_its_batches_and_roundtrips_without_pickles(tmp_pat
     np.testing.assert_allclose(loaded.act(obs[:4]), learner.policy(x).numpy(), atol=1e-6)  # scaled the same way
     with pytest.raises(ValueError, match="C, H, W"):
         Learner("bc", (16, 16), 2)
-    assert PIXEL_SHIFT == 4
 
 
 def test_bc_from_stacked_pixels_beats_random_on_toy_reach(tmp_path):
