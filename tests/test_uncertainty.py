@@ -1,6 +1,7 @@
 """Uncertainty predictors, retracing, baselines, penalties and metrics on constructed cases."""
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -210,6 +211,22 @@ def test_feature_ensemble_disagrees_more_off_the_data_than_on_it():
     sig.begin(None, None, None)  # a new batch of rollouts forgets the last step
     with pytest.raises(RuntimeError, match="before"):
         sig(Step(latent=torch.zeros(1, 2), reward=None, features=torch.zeros(1, 2)))
+
+
+def test_feature_ensemble_penalty_is_in_units_of_the_real_feature_step():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(2000, 2, generator=g) - 0.5
+    acts = torch.rand(2000, 2, generator=g) * 2 - 1
+    nxt = pos + 0.15 * acts
+    test_pos, test_acts = torch.rand(16, 2, generator=g) * 2 - 1, torch.rand(16, 2, generator=g) * 2 - 1
+    u = {}
+    for scale in (1.0, 20.0):  # the same dynamics in features 20x larger
+        sig = FeatureEnsembleSignal.fit(scale * pos, acts, torch.zeros(2000), scale * nxt, task="toy-reach",
+                                        preset="tiny", seed=0, normalise=True)
+        sig.before(SimpleNamespace(features=scale * test_pos), test_acts)
+        u[scale] = sig(Step(latent=torch.zeros(16, 2), reward=None, features=torch.zeros(16, 2))).mean()
+    print(f"normalised disagreement off the data: {u[1.0]:.3f} at scale 1, {u[20.0]:.3f} at scale 20")
+    assert 0.5 < u[20.0] / u[1.0] < 2
 
 
 def test_step_signals_by_name_refuse_what_the_model_or_task_cannot_give():

@@ -119,7 +119,8 @@ class FeatureEnsembleSignal:
     transitions of the pixel model's features, `[f_t, a_t] -> f_{t+1}` (latent MOPO, as in
     LOMPO); `u` is the largest distance of an elite's mean from the elites' mean. The pixel
     model imagines; the ensemble only judges each of its steps: WHALE's ensemble baseline
-    without K pixel models.
+    without K pixel models. Normalised, `u` is divided by the mean real feature step
+    `|f_{t+1} - f_t|`, the ensemble's own unit, not by the scene motion of the latents.
     """
 
     signals: tuple[str, ...] = ()
@@ -131,15 +132,16 @@ class FeatureEnsembleSignal:
 
     @classmethod
     def fit(cls, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, *, task: str,
-            motion: MotionStats | RunningMotion | None = None, seed: int = 0, preset: str = "small",
-            **overrides) -> "FeatureEnsembleSignal":
-        """Fit on real feature transitions `obs, next_obs [N, F]`, `actions [N, A]`, `rewards [N]`."""
+            normalise: bool = False, seed: int = 0, preset: str = "small", **overrides) -> "FeatureEnsembleSignal":
+        """Fit on real feature transitions `obs, next_obs [N, F]`, `actions [N, A]`, `rewards [N]`;
+        `normalise` divides `u` by their mean step."""
         cfg = make_config(preset, state_dim=obs.shape[1], action_dim=actions.shape[1], **{"max_seconds": 180.0, **overrides})
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             ensemble = Ensemble(cfg, tasks=(task,))
         ensemble.fit_transitions(obs, actions, rewards, next_obs, seed=seed, progress=False)
-        return cls(ensemble, task, motion=motion)
+        step = float((next_obs - obs).norm(dim=-1).mean())
+        return cls(ensemble, task, motion=MotionStats({task: step}) if normalise else None)
 
     def begin(self, state: SimState, frames: Tensor, context_actions: Tensor | None) -> None:
         self.pending = None
@@ -178,7 +180,7 @@ def step_signal(name: str, model: Simulator, *, task: str, motion: MotionStats |
     """The step `Signal` called `name` for `model` on `task`, divided by `motion` when given.
     `knn` fits its bank of training latents on `episodes` of `store`; `ensemble` fits on
     `real`, the features of real transitions `(obs [N, F], actions [N, A], rewards [N],
-    next_obs [N, F])`."""
+    next_obs [N, F])`, and is divided by their mean feature step instead of `motion`."""
     names = step_signal_names(model, task)
     if name not in names:
         raise ValueError(f"{model.name} on {task} offers the signals {names}, not {name!r}")
@@ -189,8 +191,8 @@ def step_signal(name: str, model: Simulator, *, task: str, motion: MotionStats |
     if name == "ensemble":
         if real is None:
             raise ValueError("the ensemble signal needs the real feature transitions (real=) to fit on")
-        return FeatureEnsembleSignal.fit(*(torch.as_tensor(x).float() for x in real), task=task, motion=motion,
-                                         seed=seed)
+        return FeatureEnsembleSignal.fit(*(torch.as_tensor(x).float() for x in real), task=task,
+                                         normalise=motion is not None, seed=seed)
     if name == "retracing":
         return RetracingSignal(model, task, ks=retracing_ks, motion=motion)
     return StepSignal(name, model, motion=motion, task=task)
