@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from agents.context import stack_frames
 from agents.learner import Learner
-from replay import EpisodeInfo, EpisodeStore
+from replay import Episode, EpisodeInfo, EpisodeStore
 from world_models import Simulator, episode_features
 from world_models.checkpoint import read_config
 from world_models.imagined import ImaginedReward, Signal, StartWindows
@@ -49,6 +49,11 @@ class Transitions:
     @property
     def obs_dim(self) -> int:
         return self.obs.shape[1]
+
+    @property
+    def sars(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`(obs, actions, rewards, next_obs)`, as `uncertainty.step_signal(real=...)` takes them."""
+        return self.obs, self.actions, self.rewards, self.next_obs
 
     def sample(self, n: int, rng: np.random.Generator) -> "Transitions":
         i = rng.integers(len(self), size=n)
@@ -87,28 +92,18 @@ def feature_transitions(model: Simulator, store: EpisodeStore, episodes: list[Ep
     episode that ends by time limit still has its last frame, so all T transitions count."""
     if cache is not None and cache.exists():
         return Transitions.load(cache)
-    uses_states = model.reads_states
     context = context or getattr(model, "max_context", 1)
-    parts = []
     device = getattr(model, "device", torch.device("cpu"))
-    for info in tqdm(episodes, desc="features", disable=not progress):
-        ep = store.load(info)
-        if ep is None:
-            continue
-        if uses_states:
-            if ep.states is None:
-                raise ValueError(f"{info.path}: the state ensemble needs recorded states")
-            feats = torch.from_numpy(ep.states).float()
-        else:
-            feats = episode_features(model, torch.from_numpy(ep.frames).to(device),
-                                     torch.from_numpy(ep.actions).to(device), task, context)
-        term = np.zeros(len(ep.actions), np.float32)
-        term[-1] = float(ep.terminated)
-        parts.append(Transitions(feats[:-1].numpy(), ep.actions.astype(np.float32), ep.rewards.astype(np.float32),
-                                 feats[1:].numpy(), term))
-    if not parts:
-        raise ValueError(f"no readable {task} episodes among {len(episodes)}")
-    real = Transitions.cat(parts)
+
+    def features(info: EpisodeInfo, ep: Episode) -> np.ndarray:
+        if not model.reads_states:
+            return episode_features(model, torch.from_numpy(ep.frames).to(device),
+                                    torch.from_numpy(ep.actions).to(device), task, context).cpu().numpy()
+        if ep.states is None:
+            raise ValueError(f"{info.path}: the state ensemble needs recorded states")
+        return ep.states.astype(np.float32)
+
+    real = episode_transitions(store, episodes, task, features, desc="features", progress=progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         real.save(cache)
@@ -122,16 +117,24 @@ def frame_transitions(store: EpisodeStore, episodes: list[EpisodeInfo], task: st
     frame repeated before an episode's start, as DrQ's frame stack does at reset)."""
     if stack < 1:
         raise ValueError(f"stack must be >= 1 frame, got {stack}")
+    return episode_transitions(store, episodes, task, lambda info, ep: stack_frames(ep.frames, stack),
+                               desc="frames", progress=progress)
+
+
+def episode_transitions(store: EpisodeStore, episodes: list[EpisodeInfo], task: str,
+                        observe: Callable[[EpisodeInfo, Episode], np.ndarray], *, desc: str,
+                        progress: bool = True) -> Transitions:
+    """The T transitions of each readable episode of `episodes`, observed as `observe(info,
+    episode) [T + 1, ...]`; only the last one of a terminated episode is terminal."""
     parts = []
-    for info in tqdm(episodes, desc="frames", disable=not progress):
+    for info in tqdm(episodes, desc=desc, disable=not progress):
         ep = store.load(info)
         if ep is None:
             continue
-        stacked = stack_frames(ep.frames, stack)
+        obs = observe(info, ep)
         term = np.zeros(len(ep.actions), np.float32)
         term[-1] = float(ep.terminated)
-        parts.append(Transitions(stacked[:-1], ep.actions.astype(np.float32), ep.rewards.astype(np.float32),
-                                 stacked[1:], term))
+        parts.append(Transitions(obs[:-1], ep.actions.astype(np.float32), ep.rewards.astype(np.float32), obs[1:], term))
     if not parts:
         raise ValueError(f"no readable {task} episodes among {len(episodes)}")
     return Transitions.cat(parts)

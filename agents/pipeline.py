@@ -336,8 +336,7 @@ class MainJob:
         learner = Learner(c.algo, real.obs_dim, self.spec.action_dim, **{"gamma": 0.99, **c.learner})
         starts = StartWindows(self.store, episodes, task=c.task, context=model.max_context) if c.model_based else None
         penalty = (step_signal(c.penalty, model, task=c.task, motion=MotionStats.load(self.checkpoint(), c.task),
-                               store=self.store, episodes=episodes, seed=c.seed,
-                               real=(real.obs, real.actions, real.rewards, real.next_obs))
+                               store=self.store, episodes=episodes, seed=c.seed, real=real.sars)
                    if c.model_based and c.lam else None)
         mopo(model if c.model_based else None, learner, real, starts,
              MOPOConfig(steps=c.learner_steps, seed=c.seed, **c.mopo), penalty=penalty, lam=c.lam, progress=c.progress)

@@ -136,7 +136,7 @@ def main() -> None:
                               **learner_hyper(algo, reward_scale=args.reward_scale))
             penalty = step_signal(signal, model, task=args.task, motion=motion, store=store, episodes=episodes,
                                   retracing_ks=args.retracing_ks, seed=seed,
-                                  real=(real.obs, real.actions, real.rewards, real.next_obs)) if signal else None
+                                  real=real.sars) if signal else None
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=args.rollout_batch,
                              real_ratio=args.real_ratio, batch=args.pixel_batch if pixels else MOPOConfig.batch)
             ev = mopo(model if use_model else None, learner, data, starts if use_model else None, cfg,

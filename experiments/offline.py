@@ -56,8 +56,7 @@ def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path, real
     check_penalty(cfg, model)
     motion = MotionStats.load(checkpoint, cfg.task) if not model.reads_states else None
     return step_signal(cfg.penalty, model, task=cfg.task, motion=motion, store=store, episodes=episodes,
-                       retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed,
-                       real=(real.obs, real.actions, real.rewards, real.next_obs))
+                       retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed, real=real.sars)
 
 
 def plot_returns(task_dir: Path, seed: int, dataset_return: float) -> Path:
