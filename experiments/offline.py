@@ -7,8 +7,10 @@ Learns only from the store: real transitions are the model's features of the rec
 frames (cached next to the run), imagined ones come from the world model. The real
 environment is used to evaluate every `eval_every` steps and for nothing else. Writes, under
 `runs/offline/<task>/<method>/<seed>/`: TensorBoard events, `metrics.csv` (one row per
-evaluation), the learner (`learner/`: safetensors + JSON) and `returns.png`, the return
-against gradient steps of every method run on this task and seed (WHALE's figure 4).
+evaluation), the learner (`learner/`: safetensors + JSON) and, in `runs/offline/<task>/`,
+`returns_seed<seed>.png`, the return against gradient steps of every method run on this
+task and seed (WHALE's figure 4). With `out=<dir>`, the features cache and the curve stay
+inside `<dir>`.
 A killed run resumes from its last saved learner; its model buffer is refilled.
 """
 import csv
@@ -59,25 +61,25 @@ def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path, real
                        retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed, real=real.sars)
 
 
-def plot_returns(task_dir: Path, seed: int, dataset_return: float) -> Path:
-    """`returns.png`: eval return against gradient steps, one line per method of this task."""
+def plot_returns(runs: dict[str, Path], path: Path, title: str, dataset_return: float) -> Path:
+    """Eval return against gradient steps at `path`, one line per method: `runs` maps each
+    method to its `metrics.csv`."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for csv_path in sorted(task_dir.glob(f"*/{seed}/metrics.csv")):
+    for method, csv_path in runs.items():
         with open(csv_path) as f:
             rows = list(csv.DictReader(f))
         if rows:
             steps = [int(r["step"]) for r in rows]
             ret = np.array([float(r["return"]) for r in rows])
             std = np.array([float(r["return_std"]) for r in rows])
-            line, = ax.plot(steps, ret, label=csv_path.parent.parent.name)
+            line, = ax.plot(steps, ret, label=method)
             ax.fill_between(steps, ret - std, ret + std, alpha=0.15, color=line.get_color())
     ax.axhline(dataset_return, color="gray", ls="--", lw=1, label="dataset mean")
     ax.set_xlabel("gradient steps")
     ax.set_ylabel("return (real environment)")
-    ax.set_title(f"{task_dir.name}: offline RL")
+    ax.set_title(f"{title}: offline RL")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = task_dir / f"returns_seed{seed}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -101,11 +103,12 @@ def main(cfg: DictConfig) -> None:
     check_penalty(cfg, model)
     method = method_name(cfg)
     out = Path(cfg.out or f"runs/offline/{cfg.task}/{method}/{cfg.seed}")
+    task_dir = out.parent.parent if cfg.out is None else out  # shared features and curves, or the run's own
     hold_lock(out)
     OmegaConf.save(cfg, out / "config.yaml")
     is_state = model.reads_states
     context = 1 if is_state else model.max_context
-    cache = features_cache(out.parent.parent, found, context, episodes)
+    cache = features_cache(task_dir, found, context, episodes)
     real = feature_transitions(model, store, episodes, cfg.task, context=context, cache=cache, progress=cfg.progress)
     penalty = make_penalty(cfg, model, store, episodes, found, real)
     dataset_return = float(np.mean([store.load(e).episode_return for e in episodes]))
@@ -164,7 +167,9 @@ def main(cfg: DictConfig) -> None:
             w.writerows(previous + evaluations)
         os.replace(tmp, metrics_path)
     learner.save(learner_dir)
-    figure = plot_returns(out.parent.parent, cfg.seed, dataset_return)
+    runs = ({p.parent.parent.name: p for p in sorted(task_dir.glob(f"*/{cfg.seed}/metrics.csv"))} if cfg.out is None
+            else {method: metrics_path})
+    figure = plot_returns(runs, task_dir / f"returns_seed{cfg.seed}.png", cfg.task, dataset_return)
     print(f"\n{'step':>8}{'return':>10}{'± std':>8}" + (f"{'success':>9}" if evaluations and "success" in evaluations[0] else ""))
     for e in evaluations:
         print(f"{e['step']:>8}{e['return']:>10.1f}{e['return_std']:>8.1f}" + (f"{e['success']:>9.0%}" if "success" in e else ""))
