@@ -39,6 +39,14 @@ ROWS = ("bc", "cql", "iql", "td3+bc", "mopo")
 PIXEL_ROWS = ("bc-pixels", "cql-pixels", "iql-pixels", "td3+bc-pixels")
 
 
+def rollout_scale(logs: list[dict[str, float]]) -> str:
+    """The mean imagined reward and signal per step over a row's MOPO rounds (the penalty's
+    scale against the reward it is subtracted from), or nothing for a model-free row."""
+    rewards = [m["rollout/model_reward"] for m in logs if "rollout/model_reward" in m]
+    us = [m["rollout/u"] for m in logs if "rollout/u" in m]
+    return (f"; imagined reward {np.mean(rewards):.2f}/step" if rewards else "") + (f", u {np.mean(us):.2f}/step" if us else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="toy-reach")
@@ -128,7 +136,7 @@ def main() -> None:
           f"rewards x {args.reward_scale:g}, MOPO's real share {args.real_ratio:g}")
     results = {}
     for name, algo, use_model, signal, lam, pixels in rows:
-        returns, successes, t0 = [], [], time.perf_counter()
+        returns, successes, rollouts, t0 = [], [], [], time.perf_counter()
         data = frames if pixels else real
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             torch.manual_seed(seed)
@@ -140,7 +148,7 @@ def main() -> None:
             cfg = MOPOConfig(steps=args.steps, eval_every=args.steps, seed=seed, rollout_batch=args.rollout_batch,
                              real_ratio=args.real_ratio, batch=args.pixel_batch if pixels else MOPOConfig.batch)
             ev = mopo(model if use_model else None, learner, data, starts if use_model else None, cfg,
-                      penalty=penalty, lam=lam, progress=False,
+                      penalty=penalty, lam=lam, progress=False, log=lambda step, m: rollouts.append(m),
                       evaluate=lambda lrn: evaluate(pixel_env if pixels else env, agent_for(lrn, pixels), args.episodes,
                                                     seed=1000 * (seed + 1)))
             returns.append(ev[-1]["return"])
@@ -148,7 +156,8 @@ def main() -> None:
         results[name] = returns
         success = f"  success {np.mean(successes):.0%}" if successes else ""
         print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f}{success} "
-              f"({(time.perf_counter() - t0) / 60:.1f} min; seeds: {', '.join(f'{r:.1f}' for r in returns)})", flush=True)
+              f"({(time.perf_counter() - t0) / 60:.1f} min; seeds: {', '.join(f'{r:.1f}' for r in returns)})"
+              + rollout_scale(rollouts), flush=True)
     penalised = [(np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo")]
     if not penalised or f"mopo-{args.algo} λ=0" not in results:
         return
