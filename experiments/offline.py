@@ -55,7 +55,6 @@ def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path, real
     """The penalty by name (`uncertainty.step_signal`), motion-normalised for pixel models."""
     if not (cfg.penalty and cfg.lam):
         return None
-    check_penalty(cfg, model)
     motion = MotionStats.load(checkpoint, cfg.task) if not model.reads_states else None
     return step_signal(cfg.penalty, model, task=cfg.task, motion=motion, store=store, episodes=episodes,
                        retracing_ks=tuple(cfg.retracing_ks), seed=cfg.seed, real=real.sars)
