@@ -5,13 +5,14 @@ one dataset, over seeds, printed as one table (mean ± std of the final real ret
     python benchmarks/offline.py --task toy-reach --store runs/data --state   # the state ensemble
     python benchmarks/offline.py ... --rows bc,iql,mopo                        # a subset of the rows
     python benchmarks/offline.py ... --rows mopo:lam0,mopo:max_std             # single MOPO rows
+    python benchmarks/offline.py ... --rows mopo:token_entropy@0.2,mopo:ensemble@1   # each at its own λ
     python benchmarks/offline.py ... --rows td3+bc-pixels                       # DrQ+BC on raw frames
 
 Rows: bc; the model-free anchors (cql, iql, td3+bc on the model's features of real frames);
 mopo at λ = 0; mopo with each penalty the model offers (u_r, u_s, knn, u_f or token_entropy, a feature
 ensemble's disagreement, and retracing on delta-pose tasks, for pixel models; max_std and disagreement for the state
 ensemble; `uncertainty.step_signal_names`); `mopo` is all of these, and
-`mopo:lam0` or `mopo:<signal>` one of them. On request, V-D4RL's model-free pixel anchors:
+`mopo:lam0` or `mopo:<signal>` one of them (at `--lam`, or at λ with `mopo:<signal>@<λ>`). On request, V-D4RL's model-free pixel anchors:
 `<algo>-pixels` (bc, cql, iql, td3+bc) learn from the store's raw frames, `--stack` of them,
 with d3rlpy's conv encoder and DrQ's random shifts (`td3+bc-pixels` is DrQ+BC). Every row
 learns from the same store; the environment only evaluates. With `--state` the learners read recorded
@@ -47,6 +48,20 @@ def rollout_scale(logs: list[dict[str, float]]) -> str:
     return (f"; imagined reward {np.mean(rewards):.2f}/step" if rewards else "") + (f", u {np.mean(us):.2f}/step" if us else "")
 
 
+def mopo_row(spec: str, lam: float) -> tuple[str, float]:
+    """`"<signal>"` or `"<signal>@<λ>"` of a `mopo:` row -> (signal, λ); `lam` when none is given."""
+    signal, _, value = spec.partition("@")
+    if not value:
+        return signal, lam
+    try:
+        lam = float(value)
+    except ValueError:
+        lam = 0.0
+    if signal == "lam0" or not lam > 0:
+        raise SystemExit(f"error: bad MOPO row mopo:{spec}; write mopo:<signal>@<λ > 0>, e.g. mopo:token_entropy@0.2")
+    return signal, lam
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="toy-reach")
@@ -56,7 +71,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--lam", type=float, default=1.0, help="λ of the penalised rows without their own @λ")
     p.add_argument("--retracing-ks", type=lambda v: tuple(int(k) for k in v.split(",")), default=(1,),
                    help="retracing steps k, comma-separated (WHALE: 1,2,3)")
     p.add_argument("--real-ratio", type=float, default=MOPOConfig.real_ratio,
@@ -78,7 +93,8 @@ def main() -> None:
                                                              r.startswith(("bc:", "cql:", "iql:", "td3+bc:")))}
     if unknown:
         raise SystemExit(f"error: unknown rows {sorted(unknown)}; choose from {','.join(ROWS + PIXEL_ROWS)}, "
-                         "mopo:lam0, mopo:<signal>")
+                         "mopo:lam0, mopo:<signal>[@<λ>]")
+    picked = [mopo_row(r.split(":", 1)[1], args.lam) for r in chosen if r.startswith("mopo:")]  # (signal, λ)
     torch.set_num_threads(args.threads)
     store = EpisodeStore(args.store)
     episodes = store.episodes(task=args.task)
@@ -99,8 +115,7 @@ def main() -> None:
         signals = step_signal_names(model, args.task)
         context = model.max_context
         motion = MotionStats.fit(store, model, episodes, windows=128)
-    picked = [r.split(":")[1] for r in chosen if r.startswith("mopo:")]
-    bad = set(picked) - {"lam0", *signals}
+    bad = {s for s, _ in picked} - {"lam0", *signals}
     if bad:
         raise SystemExit(f"error: {model.name} offers no signal {sorted(bad)}; it offers {', '.join(signals)}")
     # pixel features are cached where experiments/offline.py caches them, keyed by the weights
@@ -126,10 +141,12 @@ def main() -> None:
     # (row, algo, imagines with the model, penalty, λ, learns from raw frames)
     rows = [(a, a, False, None, 0.0, False) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
     rows += [(r, r.removesuffix("-pixels"), False, None, 0.0, True) for r in pixel_rows]
-    if "mopo" in chosen or "lam0" in picked:
+    if "mopo" in chosen or ("lam0", args.lam) in picked:
         rows.append((f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0, False))
-    rows += [(f"mopo-{args.algo} {s} λ={args.lam:g}", args.algo, True, s, args.lam, False) for s in signals
-             if "mopo" in chosen or s in picked]
+    signal_rows = {(s, args.lam) for s in signals} if "mopo" in chosen else set()
+    signal_rows |= {(s, lam) for s, lam in picked if s != "lam0"}
+    rows += [(f"mopo-{args.algo} {s} λ={lam:g}", args.algo, True, s, lam, False)
+             for s, lam in sorted(signal_rows, key=lambda sl: (signals.index(sl[0]), sl[1]))]
     print(f"{args.task}: {len(episodes)} episodes, {len(real)} transitions, dataset mean return {dataset:.1f}; "
           f"{args.steps} gradient steps, seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, "
           f"{args.episodes} evaluation episodes each, "
@@ -158,7 +175,7 @@ def main() -> None:
         print(f"{name:<28}{np.mean(returns):>8.1f} ± {np.std(returns):<6.1f}{success} "
               f"({(time.perf_counter() - t0) / 60:.1f} min; seeds: {', '.join(f'{r:.1f}' for r in returns)})"
               + rollout_scale(rollouts), flush=True)
-    penalised = [(np.mean(v), k) for k, v in results.items() if "λ=0" not in k and k.startswith("mopo")]
+    penalised = [(np.mean(results[name]), name) for name, _, _, signal, lam, _ in rows if signal and lam]
     if not penalised or f"mopo-{args.algo} λ=0" not in results:
         return
     best_penalised = max(penalised)
