@@ -141,7 +141,7 @@ def main() -> None:
     # (row, algo, imagines with the model, penalty, λ, learns from raw frames)
     rows = [(a, a, False, None, 0.0, False) for a in ("bc", "cql", "iql", "td3+bc") if a in chosen]
     rows += [(r, r.removesuffix("-pixels"), False, None, 0.0, True) for r in pixel_rows]
-    if "mopo" in chosen or ("lam0", args.lam) in picked:
+    if "mopo" in chosen or any(s == "lam0" for s, _ in picked):
         rows.append((f"mopo-{args.algo} λ=0", args.algo, True, None, 0.0, False))
     signal_rows = {(s, args.lam) for s in signals} if "mopo" in chosen else set()
     signal_rows |= {(s, lam) for s, lam in picked if s != "lam0"}
