@@ -230,6 +230,14 @@ def imagined_rollouts(model: Simulator, learner: Learner, starts: StartWindows, 
     return Transitions.cat(parts), stats
 
 
+def rollout_scale(logs: list[dict[str, float]]) -> str:
+    """The mean imagined reward and signal per step over MOPO's rounds in `logs` (the
+    penalty's scale against the reward it is subtracted from), or "" without rounds."""
+    rewards = [m["rollout/model_reward"] for m in logs if "rollout/model_reward" in m]
+    us = [m["rollout/u"] for m in logs if "rollout/u" in m]
+    return (f"; imagined reward {np.mean(rewards):.2f}/step" if rewards else "") + (f", u {np.mean(us):.2f}/step" if us else "")
+
+
 def mopo(model: Simulator | None, learner: Learner, real: Transitions, starts: StartWindows | None, cfg: MOPOConfig, *,
          penalty: Signal | None = None, lam: float = 0.0, bonus: float = 0.0, reward_weight: float = 1.0,
          evaluate: Callable[[Learner], dict[str, float]] | None = None,

@@ -31,21 +31,14 @@ import world_models
 from agents import FeaturePolicyAgent, ObservationPolicyAgent, StackedFramesAgent
 from agents.evaluate import evaluate
 from agents.learner import Learner
-from agents.offline import MOPOConfig, feature_transitions, features_cache, frame_transitions, learner_hyper, mopo
+from agents.offline import (MOPOConfig, feature_transitions, features_cache, frame_transitions, learner_hyper, mopo,
+                            rollout_scale)
 from replay import EpisodeStore
 from uncertainty import MotionStats, step_signal, step_signal_names
 from world_models.imagined import StartWindows
 
 ROWS = ("bc", "cql", "iql", "td3+bc", "mopo")
 PIXEL_ROWS = ("bc-pixels", "cql-pixels", "iql-pixels", "td3+bc-pixels")
-
-
-def rollout_scale(logs: list[dict[str, float]]) -> str:
-    """The mean imagined reward and signal per step over a row's MOPO rounds (the penalty's
-    scale against the reward it is subtracted from), or nothing for a model-free row."""
-    rewards = [m["rollout/model_reward"] for m in logs if "rollout/model_reward" in m]
-    us = [m["rollout/u"] for m in logs if "rollout/u" in m]
-    return (f"; imagined reward {np.mean(rewards):.2f}/step" if rewards else "") + (f", u {np.mean(us):.2f}/step" if us else "")
 
 
 def mopo_row(spec: str, lam: float) -> tuple[str, float]:

@@ -31,7 +31,8 @@ import envs  # noqa: E402
 from agents import FeaturePolicyAgent, ObservationPolicyAgent  # noqa: E402
 from agents.evaluate import evaluate  # noqa: E402
 from agents.learner import ALGOS, Learner  # noqa: E402
-from agents.offline import MOPOConfig, Transitions, feature_transitions, features_cache, learner_hyper, mopo  # noqa: E402
+from agents.offline import (MOPOConfig, Transitions, feature_transitions, features_cache, learner_hyper, mopo,  # noqa: E402
+                            rollout_scale)
 from replay import EpisodeStore  # noqa: E402
 from uncertainty import MotionStats, step_signal, step_signal_names  # noqa: E402
 from world_models.checkpoint import hold_lock  # noqa: E402
@@ -41,19 +42,32 @@ from world_models.imagined import StartWindows  # noqa: E402
 def method_name(cfg: DictConfig) -> str:
     if cfg.model_free:
         return cfg.algo
-    return f"mopo-{cfg.algo}-{cfg.penalty}-{cfg.lam:g}" if cfg.penalty and cfg.lam else f"mopo-{cfg.algo}-lam0"
+    return f"mopo-{cfg.algo}-{cfg.penalty}-{cfg.lam:g}" if cfg.penalty else f"mopo-{cfg.algo}-lam0"
+
+
+def check_lam(cfg: DictConfig) -> None:
+    """A penalty and its λ come together: either alone would be silently ignored or refused late."""
+    if cfg.lam < 0:
+        raise ValueError(f"lam must be >= 0, got {cfg.lam}")
+    if cfg.model_free and (cfg.penalty or cfg.lam):
+        raise ValueError("model_free=true imagines nothing to penalise: drop penalty and lam")
+    if cfg.penalty and not cfg.lam:
+        raise ValueError(f"penalty={cfg.penalty} with lam=0 penalises nothing: give lam > 0 (each signal has its own "
+                         "unit; a run prints its imagined reward and u per step), or drop penalty for the λ = 0 run")
+    if cfg.lam and not cfg.penalty:
+        raise ValueError(f"lam={cfg.lam:g} needs a penalty=<signal> to weigh")
 
 
 def check_penalty(cfg: DictConfig, model) -> None:
     """Refuse a penalty the model does not offer, before any feature is computed."""
-    if cfg.penalty and cfg.lam and cfg.penalty not in step_signal_names(model, cfg.task):
+    if cfg.penalty and cfg.penalty not in step_signal_names(model, cfg.task):
         raise ValueError(f"{model.name} on {cfg.task} offers the penalties {step_signal_names(model, cfg.task)}, "
                          f"not {cfg.penalty!r}")
 
 
 def make_penalty(cfg: DictConfig, model, store, episodes, checkpoint: Path, real: Transitions):
     """The penalty by name (`uncertainty.step_signal`), motion-normalised for pixel models."""
-    if not (cfg.penalty and cfg.lam):
+    if not cfg.penalty:
         return None
     motion = MotionStats.load(checkpoint, cfg.task) if not model.reads_states else None
     return step_signal(cfg.penalty, model, task=cfg.task, motion=motion, store=store, episodes=episodes,
@@ -88,6 +102,7 @@ def plot_returns(runs: dict[str, Path], path: Path, title: str, dataset_return: 
 def main(cfg: DictConfig) -> None:
     if cfg.algo not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo!r}; choose from {', '.join(ALGOS)}")
+    check_lam(cfg)
     device = resolve_device(cfg.device)
     found, model = load_model(cfg.checkpoint, cfg.task, device)
     if cfg.world_model and cfg.world_model != model.name:
@@ -140,9 +155,13 @@ def main(cfg: DictConfig) -> None:
     writer = SummaryWriter(str(out / "tb"))
     metrics_path = out / "metrics.csv"
 
+    rounds = []
+
     def log(step: int, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
             writer.add_scalar(k, v, step)
+        if any(k.startswith("rollout/") for k in metrics):
+            rounds.append(metrics)
 
     def checkpoint(learner: Learner) -> None:
         learner.save(learner_dir, with_optimizers=True)
@@ -172,7 +191,7 @@ def main(cfg: DictConfig) -> None:
     print(f"\n{'step':>8}{'return':>10}{'± std':>8}" + (f"{'success':>9}" if evaluations and "success" in evaluations[0] else ""))
     for e in evaluations:
         print(f"{e['step']:>8}{e['return']:>10.1f}{e['return_std']:>8.1f}" + (f"{e['success']:>9.0%}" if "success" in e else ""))
-    print(f"dataset mean return {dataset_return:.1f}; learner (actor and critic): {learner_dir}; curves: {figure}")
+    print(f"dataset mean return {dataset_return:.1f}{rollout_scale(rounds)}; learner (actor and critic): {learner_dir}; curves: {figure}")
 
 
 if __name__ == "__main__":

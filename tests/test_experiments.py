@@ -39,6 +39,9 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
     ("mpc.py", "job.episodes=many", "job: episodes = 'many': expected an integer"),
     ("mpc.py", "+job.bogus=1", "job: unknown JobConfig field(s) bogus"),
     ("offline.py", "lam=abc", "lam must be a number"),
+    ("offline.py", "checkpoint=/nonexistent penalty=u_r", "penalty=u_r with lam=0 penalises nothing"),
+    ("offline.py", "checkpoint=/nonexistent lam=1", "needs a penalty"),
+    ("offline.py", "checkpoint=/nonexistent lam=-1", "lam must be >= 0"),
     ("collect.py", "episodes=abc", "episodes must be an integer"),
     ("value_estimation.py", "checkpoint=/nonexistent", "checkpoint"),
     ("value_estimation.py", "seed=0", "needs checkpoint=..."),
@@ -46,7 +49,7 @@ def test_mpc_rejects_bad_values_in_one_line(override, word, tmp_path):
 ])
 def test_other_entry_points_reject_bad_values_in_one_line(script, override, word, tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), override, f"store={tmp_path / 'data'}"]
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *override.split(), f"store={tmp_path / 'data'}"]
                          + ([f"out={out}"] if script != "collect.py" else []),
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode != 0

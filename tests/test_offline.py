@@ -1,5 +1,6 @@
 """Offline RL plumbing: d3rlpy learners saved without pickles, the model buffer, the MOPO
 loop's batches and resume, feature transitions, and one-line errors from offline.py."""
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import world_models
 from agents.learner import ALGOS, EXPLORE_STD, Learner
 from agents.offline import ModelBuffer, MOPOConfig, Transitions, feature_transitions, imagined_rollouts, mopo
 from replay import EpisodeStore, collect
-from uncertainty import step_signal
+from uncertainty import MotionStats, step_signal
 from world_models.checkpoint import save_checkpoint
 from world_models.imagined import ImaginedReward, StartWindows
 
@@ -182,3 +183,30 @@ def test_imagined_rollouts_penalise_with_retracing_knn_and_ensemble_from_pixels(
                                             np.random.default_rng(0), torch.Generator().manual_seed(0))
         assert len(rollouts) == 12 and np.isfinite(rollouts.rewards).all()
         assert (rollouts.rewards <= 0).all() and stats["rollout/u"] > 0, signal  # r = -u, u > 0 somewhere
+
+
+def test_offline_entry_point_runs_end_to_end_and_resumes(tmp_path):
+    # an untrained tiny model: the point is the path through the script, not the return
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model", world_models.make("dreamer4", "tiny", tasks=("toy-reach",)))
+    MotionStats({"toy-reach": 1.0}).save(tmp_path / "model")
+    collect("toy-reach", "random", tmp_path / "data", 2, size=16, seed=0, progress=False)
+    out = tmp_path / "out"
+
+    def run(steps):
+        args = [sys.executable, str(ROOT / "experiments" / "offline.py"), "task=toy-reach", f"checkpoint={tmp_path / 'model'}",
+                f"store={tmp_path / 'data'}", f"out={out}", "algo=td3+bc", "penalty=u_r", "lam=0.5", f"steps={steps}",
+                "eval_every=10", "eval_episodes=1", "mopo.batch=16", "mopo.rollout_every=10", "mopo.rollout_batch=4",
+                "progress=false"]
+        done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    first = run(10)
+    assert "imagined reward" in first and ", u " in first     # the penalty's scale, to choose λ by
+    assert (out / "learner" / "learner.json").exists() and (out / "returns_seed0.png").exists()
+    assert sorted(p.name for p in out.glob("features-*.npz")) and not list(tmp_path.glob("features-*"))
+    second = run(20)
+    assert "resuming mopo-td3+bc-u_r-0.5 from" in second and "at step 10" in second
+    with open(out / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [10, 20]   # the first run's row is kept
