@@ -102,12 +102,12 @@ def test_mopo_mixes_real_and_imagined_and_resumes(tmp_path):
     starts = StartWindows(store, task="toy-reach", observation="states")
     real.obs = real.obs + 1000  # marks the real rows (imagined rollouts start from the store's states)
     cfg = MOPOConfig(steps=6, batch=16, rollout_every=3, rollout_batch=4, horizon=2, real_ratio=0.25, eval_every=3)
-    evals = mopo(model, learner, real, starts, cfg, evaluate=lambda l: {"return": 1.0}, progress=False)
+    evals = mopo(model, learner, real, starts, cfg, evaluate=lambda lrn: {"return": 1.0}, progress=False)
     assert [e["step"] for e in evals] == [3, 6] and learner.steps == 6
     share = [np.mean(b[:, 0] > 500) for b in learner.batches]
     assert share == [0.25] * 6                                        # 4 real + 12 imagined each
     cfg_more = MOPOConfig(steps=8, batch=16, rollout_every=3, rollout_batch=4, horizon=2, eval_every=3)
-    assert [e["step"] for e in mopo(model, learner, real, starts, cfg_more, evaluate=lambda l: {}, progress=False)] == [8]
+    assert [e["step"] for e in mopo(model, learner, real, starts, cfg_more, evaluate=lambda lrn: {}, progress=False)] == [8]
 
 
 @pytest.mark.parametrize("name", ["dreamer4", "whale"])
