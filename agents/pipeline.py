@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -306,7 +306,9 @@ class MainJob:
 
     def world_model_key(self) -> dict:
         c = self.cfg
-        return {"world_model": c.world_model, "preset": c.preset, "model": c.model, "weighting": c.weighting,
+        config = asdict(world_models.make_config(c.world_model, c.preset, **c.model))  # the preset's fields too
+        return {"world_model": c.world_model, "preset": c.preset, **{f"config.{k}": v for k, v in config.items()},
+                "weighting": c.weighting,
                 "store": os.path.normpath(c.store), "behavior": c.behavior, "episodes": c.episodes,
                 "episode_steps": c.episode_steps}
 

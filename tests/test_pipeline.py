@@ -1,7 +1,7 @@
 """The main job's stages end to end on toy-reach (no expert stage there): data, a tiny world
 model with its report and start picture, an actor and critic on its features; a rerun
 finds every stage cached (a world model that lost its report is reported again), a cache
-built from another config is refused by name, cached features are keyed by the weights
+built from another config (or an older preset) is refused by name, cached features are keyed by the weights
 they came from, and the config's MPC agent plans with the results."""
 import copy
 from dataclasses import replace
@@ -15,6 +15,7 @@ import envs
 from agents.offline import features_cache
 from agents.pipeline import JobConfig, MainJob, make_mpc_agent
 from world_models.checkpoint import save_checkpoint
+from world_models.dreamer4.config import PRESETS
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mpc.yaml"
 
@@ -39,8 +40,13 @@ def test_stages_build_once_and_plan(tmp_path, monkeypatch, capsys):
 
     with pytest.raises(ValueError, match=r"actor and critic: .* was built with learner_steps=20, not learner_steps=30"):
         MainJob(replace(job_cfg, learner_steps=30)).build()
-    with pytest.raises(ValueError, match=r"world model: .* was built with model=.*\"dyn_steps\": 4.*, not model="):
+    with pytest.raises(ValueError, match=r"world model: .* was built with config.dyn_steps=4, not config.dyn_steps=8;"):
         MainJob(replace(job_cfg, model={"tok_steps": 4, "dyn_steps": 8})).build()
+    tiny = PRESETS["tiny"]
+    monkeypatch.setitem(PRESETS, "tiny", {**tiny, "lr": tiny["lr"] / 2})  # the preset itself changed since the build
+    with pytest.raises(ValueError, match=rf"world model: .* was built with config.lr={tiny['lr']}, not config.lr={tiny['lr'] / 2};"):
+        job.build()
+    monkeypatch.setitem(PRESETS, "tiny", tiny)
     assert MainJob(replace(job_cfg, compile="inductor")).build() == {}  # how it trains fast is not in a key
     (job.learner_dir / "stage.json").unlink()  # a cache from before stage keys: used, and said so
     capsys.readouterr()

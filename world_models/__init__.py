@@ -43,8 +43,12 @@ def make(name: str, preset: str = "small", *, tasks: tuple[str, ...] = ("toy-rea
         import envs
         overrides.setdefault("state_dim", envs.make(tasks[0], obs="state").state_dim)
         overrides.setdefault("action_dim", envs.task_spec(tasks[0]).action_dim)
-    model_cls, _, make_config = _family(name)
-    return model_cls(make_config(preset, **overrides), tasks=tuple(tasks))
+    return _family(name)[0](make_config(name, preset, **overrides), tasks=tuple(tasks))
+
+
+def make_config(name: str, preset: str = "small", **overrides):
+    """The config a model built by `make(name, preset, **overrides)` would have."""
+    return _family(name)[2](preset, **overrides)
 
 
 def load(path: str | Path, device: str = "cpu", **overrides) -> Simulator:
@@ -67,4 +71,4 @@ def load(path: str | Path, device: str = "cpu", **overrides) -> Simulator:
 
 
 __all__ = ["Imagination", "MODELS", "Policy", "SimState", "Simulator", "Step", "WorldModel", "compile_transformers",
-           "episode_features", "load", "make"]
+           "episode_features", "load", "make", "make_config"]
