@@ -6,7 +6,8 @@ import torch
 import world_models
 from replay import EpisodeStore, collect
 from world_models.checkpoint import find_checkpoint, load_trainer_state
-from world_models.training import TrainConfig, split_episodes, train, train_member
+from world_models import distributed
+from world_models.training import TrainConfig, phase_step, split_episodes, train, train_member
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +165,15 @@ def test_compiled_training_steps_match_eager_ones(toy_store, tmp_path, name):
     with pytest.raises(ValueError, match="unknown torch.compile backend 'bogus'"):
         train(model, toy_store, toy_store.episodes(), tmp_path / "bogus",
               TrainConfig(steps=steps, batch=4, seq_len=4, compile="bogus", progress=False))
+
+
+def test_the_dynamics_trains_at_its_own_learning_rate_where_the_config_sets_one():
+    model = world_models.make("dreamer4", "tiny", dyn_lr=1e-2)
+    cfg, rank = TrainConfig.for_model(model), distributed.setup(model.device)
+    lrs = {}
+    for phase in model.phases:
+        with phase_step(model, phase, cfg, rank) as step_fn:
+            lrs[phase] = step_fn.opt.param_groups[0]["lr"]
+    assert lrs == {"tokenizer": model.cfg.lr, "dynamics": 1e-2} and model.cfg.lr != 1e-2
+    with pytest.raises(ValueError, match="dyn_lr"):
+        world_models.make("dreamer4", "tiny", dyn_lr=-1.0)

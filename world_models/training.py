@@ -196,7 +196,8 @@ class PhaseStep:
     def __init__(self, model: WorldModel, phase: str, cfg: TrainConfig, rank: distributed.Rank):
         self.model, self.phase = model, phase
         self.params = list(model.phase_parameters(phase))
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        lr = getattr(model.cfg, "phase_lrs", {}).get(phase, cfg.lr)  # a model config may set a phase's own
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=cfg.weight_decay)
         loss_fn = PhaseLoss(model, phase)
         if rank.world > 1:
             device_ids = [rank.local_rank] if model.device.type == "cuda" else None

@@ -52,6 +52,7 @@ class Dreamer4Config:
     reward_horizon: int = 2              # multi-step reward prediction
     # optimisation
     lr: float = 3e-4
+    dyn_lr: float = 0.0                  # > 0: the dynamics phase's learning rate instead of lr
     weight_decay: float = 0.01
     batch: int = 16
     seq_len: int = 8
@@ -68,6 +69,8 @@ class Dreamer4Config:
             raise ValueError(f"context_rows must be in [0, 1], got {self.context_rows}")
         if self.context_rows == 0 and (self.reward_head or self.bc_head):
             raise ValueError("the reward and BC heads train on the two-stream rows: context_rows must be > 0")
+        if self.dyn_lr < 0:
+            raise ValueError(f"dyn_lr must be >= 0 (0: the dynamics trains at lr), got {self.dyn_lr}")
         if self.flow_weighting not in ("ramp", "uniform"):
             raise ValueError(f"flow_weighting must be 'ramp' or 'uniform', not {self.flow_weighting!r}")
         if self.mae_loss not in ("masked", "all"):
@@ -82,6 +85,11 @@ class Dreamer4Config:
     @property
     def phase_steps(self) -> dict[str, int]:
         return {"tokenizer": self.tok_steps, "dynamics": self.dyn_steps}
+
+    @property
+    def phase_lrs(self) -> dict[str, float]:
+        """Learning rates of the phases that do not train at `lr`."""
+        return {"dynamics": self.dyn_lr} if self.dyn_lr else {}
 
     @property
     def phase_batches(self) -> dict[str, tuple[int, int]]:
