@@ -132,14 +132,17 @@ PRESETS = {
     # cup-catch showed it must (docs/cup_catch.md): the loss covers all patches under
     # light masking and weighs moving pixels 5x, each step reads one frame from each of 32
     # windows, for 3000 steps. With the paper's masked-only loss the cup and the ball vanished
-    # into the mean frame (foreground PSNR 13 dB) while the full frame read 29 dB. Clean context,
-    # half the rows two-stream; rows are 4 frames long so the model can read velocities.
-    # Two substeps per frame imagine as well as four on cup-catch at 3/5 of the cost.
+    # into the mean frame (foreground PSNR 13 dB) while the full frame read 29 dB. Rows
+    # are 4 frames long so the model can read velocities. The dynamics trains as it
+    # samples, as in the tiny preset: every row two-stream with a clean context, the two noise
+    # levels that two substeps visit weighted alike, at twice the tokenizer's learning rate
+    # (with half the rows noising their context and a 4-level ramp it hardly read the action).
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, tok_depth=2, n_latents=16,
                   d_bottleneck=16, dyn_dim=128, dyn_heads=4, dyn_depth=4, registers=2,
                   agent_tokens=1, batch=16, seq_len=4, tok_batch=32, tok_steps=3000, dyn_steps=1500, lr=5e-4,
-                  mae_keep_range=(0.75, 1.0), mae_loss="all", fg_weight=4.0,
-                  **{**_NO_BOOTSTRAP, "sample_steps": 2, "context_tau": 1.0, "context_rows": 0.5}),
+                  dyn_lr=1e-3, mae_keep_range=(0.75, 1.0), mae_loss="all", fg_weight=4.0,
+                  **{**_NO_BOOTSTRAP, "k_max": 2, "sample_steps": 2, "context_tau": 1.0, "context_rows": 1.0,
+                     "flow_weighting": "uniform"}),
     # appendix F scale, for GPUs (values the extracted paper lost are filled from Dreamer 4
     # reproductions: 128 px, patch 8, 64 latents x 32, spatial packing 2 -> 32 tokens)
     "paper": dict(image_size=128, patch=8, tok_dim=768, tok_heads=12, tok_depth=8, n_latents=64,
