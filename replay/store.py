@@ -149,7 +149,9 @@ class EpisodeStore:
             `actions[:, t]` takes frame t to t+1); rewards `float32 [B, L-1]`;
             action_mask `bool [B, A]`; task_id `long [B]` (`envs.task_index`); and
             states `float32 [B, L, S]` when every episode recorded states of one size
-            (for state-based models and measurements; pixel models never read them).
+            (for state-based models and measurements; pixel models never read them);
+            episode `long [B]`, each window's episode as a position in `episodes` (or in
+            the listing), and start `long [B]`, its first frame there.
         """
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
@@ -159,8 +161,8 @@ class EpisodeStore:
             raise ValueError(f"first must be >= 1 and combines with frame or task weighting, got {first} with {weighting}")
         rng = rng if rng is not None else np.random.default_rng()
         infos = self.episodes(task, behavior) if episodes is None else episodes
-        pool = [ep for ep in map(self.load, infos)
-                if ep is not None and len(ep.frames) >= seq_len]
+        loaded = [(i, ep) for i, ep in enumerate(map(self.load, infos)) if ep is not None and len(ep.frames) >= seq_len]
+        position, pool = np.array([i for i, _ in loaded], np.int64), [ep for _, ep in loaded]
         if not pool:
             raise ValueError(f"no episode in {self.root} (task={task}, behavior={behavior}) "
                              f"has {seq_len} frames or more")
@@ -168,21 +170,24 @@ class EpisodeStore:
         if first is not None:
             n_windows = np.minimum(n_windows, first)
         if weighting == "reward":
-            return self._sample_by_reward(pool, batch, seq_len, rng)
-        if weighting == "frame":
-            p = n_windows / n_windows.sum()
+            picks, starts = self._sample_by_reward(pool, batch, seq_len, rng)
         else:
-            tasks = np.array([ep.task for ep in pool])
-            per_task = {t: n_windows[tasks == t].sum() for t in set(tasks)}
-            p = np.array([w / per_task[t] for w, t in zip(n_windows, tasks)]) / len(per_task)
-        picks = rng.choice(len(pool), size=batch, p=p)
-        starts = [int(rng.integers(n_windows[i])) for i in picks]
-        return collate([pool[i] for i in picks], starts, seq_len)
-
+            if weighting == "frame":
+                p = n_windows / n_windows.sum()
+            else:
+                tasks = np.array([ep.task for ep in pool])
+                per_task = {t: n_windows[tasks == t].sum() for t in set(tasks)}
+                p = np.array([w / per_task[t] for w, t in zip(n_windows, tasks)]) / len(per_task)
+            picks = rng.choice(len(pool), size=batch, p=p)
+            starts = [int(rng.integers(n_windows[i])) for i in picks]
+        out = collate([pool[i] for i in picks], starts, seq_len)
+        out["episode"], out["start"] = torch.from_numpy(position[picks]), torch.tensor(starts, dtype=torch.long)
+        return out
 
     def _sample_by_reward(self, pool: list[Episode], batch: int, seq_len: int,
-                          rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """`sample(weighting="reward")`: tasks uniform, then reward levels, then windows."""
+                          rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+        """`sample(weighting="reward")`'s picks in `pool` and window starts: tasks uniform,
+        then reward levels, then windows."""
         levels = [self._window_rewards(ep, seq_len) for ep in pool]
         episode = np.concatenate([np.full(len(v), i) for i, v in enumerate(levels)])
         start = np.concatenate([np.arange(len(v)) for v in levels])
@@ -196,7 +201,7 @@ class EpisodeStore:
             count = np.bincount(bins)
             p[in_task] = 1.0 / (count[bins] * (count > 0).sum())
         picks = rng.choice(len(mean), size=batch, p=p / p.sum())
-        return collate([pool[episode[i]] for i in picks], [int(start[i]) for i in picks], seq_len)
+        return episode[picks], [int(start[i]) for i in picks]
 
     def _window_rewards(self, ep: Episode, seq_len: int) -> np.ndarray:
         """Mean reward of every window of `seq_len` frames of `ep` (cached)."""

@@ -93,6 +93,18 @@ def test_sample_pads_actions_and_marks_valid_dims(tmp_path):
     assert (b["rewards"][:, 1:] - b["rewards"][:, :-1]).eq(1).all()
 
 
+@pytest.mark.parametrize("weighting", ["frame", "task", "reward"])
+def test_every_window_names_its_episode_and_first_frame(tmp_path, weighting):
+    store = EpisodeStore(tmp_path)
+    for seed, T in enumerate([3, 12, 20]):  # the 3-step episode is too short for the windows
+        store.add(make_episode(T=T, seed=seed))
+    infos = store.episodes()
+    b = store.sample(64, 5, weighting, episodes=infos, rng=np.random.default_rng(0))
+    assert set(b["episode"].tolist()) == {1, 2}  # positions in `episodes`, the short one skipped
+    for frames, i, s in zip(b["frames"], b["episode"], b["start"]):
+        assert torch.equal(frames, torch.from_numpy(store.load(infos[i]).frames[s: s + 5]))
+
+
 def test_listing_order_does_not_depend_on_write_times(tmp_path):
     # the same collection written at other times: seed 9 in an earlier second than seed 10
     # in one run, a later one in the other; the listing (and so any split of it) is the same

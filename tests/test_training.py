@@ -7,7 +7,7 @@ import world_models
 from replay import EpisodeStore, collect
 from world_models.checkpoint import find_checkpoint, load_trainer_state
 from world_models import distributed
-from world_models.training import TrainConfig, phase_step, split_episodes, train, train_member
+from world_models.training import LatentCache, TrainConfig, phase_step, split_episodes, train, train_member
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,22 @@ def test_the_dynamics_trains_at_its_own_learning_rate_where_the_config_sets_one(
     assert lrs == {"tokenizer": model.cfg.lr, "dynamics": 1e-2} and model.cfg.lr != 1e-2
     with pytest.raises(ValueError, match="dyn_lr"):
         world_models.make("dreamer4", "tiny", dyn_lr=-1.0)
+
+
+def test_the_dynamics_learns_from_cached_latents_as_from_encoded_frames(toy_store):
+    torch.manual_seed(0)
+    model = world_models.make("dreamer4", "tiny")
+    assert model.frozen_encoder("tokenizer") is None
+    eps = toy_store.episodes()[::3]
+    cache = LatentCache(model.frozen_encoder("dynamics"), toy_store, eps, model.device, chunk=7)
+    batch = toy_store.sample(8, 4, episodes=eps, rng=np.random.default_rng(0))
+    cached = dict(batch, latents=cache.windows(batch["episode"], batch["start"], 4))
+    torch.testing.assert_close(cached["latents"], model.encode(batch["frames"]), rtol=1e-4, atol=1e-5)
+    model.eval()
+
+    def flow_mse(b):
+        torch.manual_seed(1)
+        return model.loss(b, "dynamics")[1]["dyn/flow_mse"]
+
+    torch.testing.assert_close(flow_mse(cached), flow_mse(batch), rtol=1e-4, atol=1e-5)
+    assert flow_mse(dict(batch, latents=torch.zeros_like(cached["latents"]))) != flow_mse(batch)  # it reads them

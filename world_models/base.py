@@ -299,6 +299,13 @@ class WorldModel(Simulator, nn.Module):
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         """The parameters that `phase` trains."""
 
+    def frozen_encoder(self, phase: str) -> Callable[[Tensor], Tensor] | None:
+        """The deterministic encoder (frames `[B, T, 3, H, W]` -> latents `[B, T, ...]`) whose
+        output `phase` reads from `batch["latents"]` when present, instead of encoding the
+        frames itself; None where the phase needs the pixels. The trainer then encodes
+        every frame once (`training.LatentCache`)."""
+        return None
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

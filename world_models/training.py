@@ -14,6 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ class TrainConfig:
     image_every: int = 250
     seed: int = 0
     progress: bool = True
+    cache_latents: bool = True      # encode each frame once where a phase's encoder is frozen (LatentCache)
 
     @classmethod
     def for_model(cls, model: WorldModel, steps: dict[str, int] | None = None, **kwargs) -> "TrainConfig":
@@ -134,6 +136,8 @@ def train_phase(model: WorldModel, p: int, start: int, optimizer_state: dict | N
     phase = model.phases[p]
     total = cfg.steps[phase]
     windows = getattr(model.cfg, "phase_batches", {}).get(phase, (cfg.batch, cfg.seq_len))
+    encoder = model.frozen_encoder(phase) if cfg.cache_latents else None
+    cache = LatentCache(encoder, store, episodes, model.device, progress=cfg.progress and rank.master) if encoder else None
     with phase_step(model, phase, cfg, rank) as step_fn:
         if optimizer_state is not None:
             step_fn.opt.load_state_dict(optimizer_state)
@@ -141,6 +145,8 @@ def train_phase(model: WorldModel, p: int, start: int, optimizer_state: dict | N
                    disable=not (cfg.progress and rank.master))
         for step in bar:
             batch = store.sample(*windows, cfg.weighting, episodes=episodes, rng=rng)
+            if cache:
+                batch["latents"] = cache.windows(batch["episode"], batch["start"], windows[1])
             step_fn(batch, step)
             done = step + 1
             log, ckpt = done % cfg.log_every == 0 or done == total, done % cfg.ckpt_every == 0 and done < total
@@ -159,6 +165,32 @@ def train_phase(model: WorldModel, p: int, start: int, optimizer_state: dict | N
                 distributed.barrier()
         bar.close()
     return metrics
+
+
+class LatentCache:
+    """Every frame of `episodes` encoded once by a frozen `encoder` (`WorldModel.frozen_encoder`),
+    kept on the CPU: `windows` cuts the latents of sampled windows. On cup-catch (small
+    Dreamer-4, 2 CPU threads) encoding took 0.08 s of a 0.20 s dynamics step."""
+
+    def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], store: EpisodeStore,
+                 episodes: list[EpisodeInfo], device: torch.device, chunk: int = 256, progress: bool = False):
+        parts, lengths = [], []
+        with torch.no_grad():
+            for info in tqdm(episodes, desc="encoding frames", disable=not progress):
+                ep = store.load(info)
+                frames = torch.from_numpy(ep.frames) if ep is not None else torch.zeros(0, dtype=torch.uint8)
+                parts += [encoder(frames[i: i + chunk][None].to(device))[0].cpu()
+                          for i in range(0, len(frames), chunk)]
+                lengths.append(len(frames))
+        if not parts:
+            raise ValueError(f"no readable episode among the {len(episodes)} given in {store.root}")
+        self.latents = torch.cat(parts)  # [frames, ...]
+        self.offsets = torch.cumsum(torch.tensor([0] + lengths[:-1]), 0)
+
+    def windows(self, episode: torch.Tensor, start: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """Latents `[B, seq_len, ...]` of the windows starting at frame `start [B]` of the
+        episodes at positions `episode [B]` (`EpisodeStore.sample`'s keys)."""
+        return self.latents[(self.offsets[episode] + start)[:, None] + torch.arange(seq_len)]
 
 
 def check_frame_size(model: WorldModel, store: EpisodeStore, episode_lists) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from einops import rearrange
@@ -64,15 +64,18 @@ class Dreamer4(WorldModel):
             return self.dynamics.parameters()
         raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")
 
+    def frozen_encoder(self, phase: str) -> Callable[[Tensor], Tensor] | None:
+        """The dynamics reads the frozen tokenizer's latents (`encode`)."""
+        return self.encode if phase == "dynamics" else None
+
     def loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, Tensor]]:
-        frames = to_float_frames(batch["frames"].to(self.device))
         if phase == "tokenizer":
-            frames = frames[:, :1] if self.cfg.tok_batch else frames  # one frame per window: more windows, no twins
-            return self.tokenizer.loss(rearrange(frames, "b t c h w -> (b t) c h w"))
+            frames = batch["frames"][:, :1] if self.cfg.tok_batch else batch["frames"]  # one frame per window: more windows, no twins
+            return self.tokenizer.loss(rearrange(to_float_frames(frames.to(self.device)), "b t c h w -> (b t) c h w"))
         if phase != "dynamics":
             raise ValueError(f"unknown phase {phase!r}; dreamer4 has {self.phases}")
         with torch.no_grad():
-            latents = self.encode(frames)
+            latents = batch["latents"].to(self.device) if "latents" in batch else self.encode(batch["frames"].to(self.device))
             if self.training:
                 self.dynamics.fit_latent_stats(latents)
             x = self.dynamics.pack(latents)  # clean standardised packed latents [B, T, S, ds]
