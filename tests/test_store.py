@@ -136,7 +136,10 @@ def test_task_weighting_is_uniform_over_tasks_on_an_unbalanced_store(tmp_path):
         store.add(make_episode("toy-reach", T=20, seed=s))
     store.add(make_episode("mw-push", T=20, action_dim=4, seed=99))
     rng = np.random.default_rng(0)
-    share = lambda w: (store.sample(4000, 4, w, rng=rng)["task_id"] == task_index("mw-push")).float().mean().item()
+
+    def share(w):
+        return (store.sample(4000, 4, w, rng=rng)["task_id"] == task_index("mw-push")).float().mean().item()
+
     assert abs(share("task") - 0.5) < 0.03
     assert abs(share("frame") - 0.1) < 0.03
 
