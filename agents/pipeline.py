@@ -45,7 +45,7 @@ MINUTES = {
     "expert_per_1k_steps": 0.22,        # SAC on dm_control states, one torch thread
     "collect_per_1k_frames": {"dmc": 0.37, "metaworld": 0.80, "toy": 0.01},  # 64 px, two env workers
     "train_s_per_step": {"tiny": {"tokenizer": 0.05, "dynamics": 0.07},
-                         "small": {"tokenizer": 0.19, "dynamics": 0.25}},
+                         "small": {"tokenizer": 0.19, "dynamics": 0.18}},
     "world_model_report": {"small": 2.9},
     "features_per_1k_frames": 0.10,    # each frame encoded once for all its context windows
     "learner_per_1k_steps": 0.43,

@@ -4,7 +4,8 @@ bf16 autocast on CUDA): frames and image tokens per second, and peak memory.
     python benchmarks/train_throughput.py [--model dreamer4] [--preset small] [--steps 10] [--device auto] [--compile inductor]
     torchrun --standalone --nproc_per_node=8 benchmarks/train_throughput.py --preset paper --device cuda
 
-Batches are random frames at the preset's size (the speed does not depend on the content).
+Batches are random frames at the preset's size (the speed does not depend on the content);
+a phase that reads a frozen encoder's latents gets them precomputed, as the trainer gives them.
 Frames are those sampled per step (windows x frames; Dreamer-4's tokenizer reads one per
 window, WHALE's at most `tok_batch`); an image token is one patch of a frame
 (`(image_size / patch)^2` per frame). `warm-up s` is the first two steps, which compile
@@ -66,6 +67,10 @@ def main() -> None:
     for phase in model.phases:
         windows, frames = getattr(c, "phase_batches", {}).get(phase, (cfg.batch, cfg.seq_len))
         batch = random_batch(c.image_size, windows, frames, device)
+        encoder = model.frozen_encoder(phase)
+        if encoder:  # the trainer encodes every frame once before such a phase (training.LatentCache)
+            with torch.no_grad():
+                batch["latents"] = encoder(batch["frames"])
         with phase_step(model, phase, cfg, rank) as step_fn:
             t0 = time.perf_counter()
             for s in range(2):

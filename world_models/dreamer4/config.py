@@ -139,7 +139,7 @@ PRESETS = {
     # (with half the rows noising their context and a 4-level ramp it hardly read the action).
     "small": dict(image_size=64, patch=8, tok_dim=128, tok_heads=4, tok_depth=2, n_latents=16,
                   d_bottleneck=16, dyn_dim=128, dyn_heads=4, dyn_depth=4, registers=2,
-                  agent_tokens=1, batch=16, seq_len=4, tok_batch=32, tok_steps=3000, dyn_steps=1500, lr=5e-4,
+                  agent_tokens=1, batch=16, seq_len=4, tok_batch=32, tok_steps=3000, dyn_steps=2500, lr=5e-4,
                   dyn_lr=1e-3, mae_keep_range=(0.75, 1.0), mae_loss="all", fg_weight=4.0,
                   **{**_NO_BOOTSTRAP, "k_max": 2, "sample_steps": 2, "context_tau": 1.0, "context_rows": 1.0,
                      "flow_weighting": "uniform"}),
