@@ -72,13 +72,22 @@ def check_key(stage: Stage) -> None:
     path = stage.folder / STAGE_KEY if stage.folder is not None else None
     if path is None or not path.exists():
         return
-    built, want = json.loads(path.read_text()), json.loads(json.dumps(stage.key, sort_keys=True))
+    built, want = dotted(json.loads(path.read_text())), dotted(json.loads(json.dumps(stage.key, sort_keys=True)))
     diff = sorted(k for k in built.keys() | want.keys() if built.get(k) != want.get(k))
     if diff:
         raise ValueError(f"{stage.name}: {stage.folder} was built with "
                          + ", ".join(f"{k}={json.dumps(built.get(k))}" for k in diff) + ", not "
                          + ", ".join(f"{k}={json.dumps(want.get(k))}" for k in diff)
                          + "; remove that folder to rebuild it")
+
+
+def dotted(key: dict, prefix: str = "") -> dict:
+    """A nested key flattened to `{"outer.inner": value}`, so that a refusal names the
+    fields that changed, not whole nested keys."""
+    out = {}
+    for k, v in key.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
 
 
 def build(stages: list[Stage]) -> dict[str, float]:

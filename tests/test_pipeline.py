@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import envs
 from agents.offline import features_cache
-from agents.pipeline import JobConfig, MainJob, make_mpc_agent
+from agents.pipeline import JobConfig, MainJob, Stage, check_key, make_mpc_agent
 from world_models.checkpoint import save_checkpoint
 from world_models.dreamer4.config import PRESETS
 
@@ -70,3 +70,12 @@ def test_stages_build_once_and_plan(tmp_path, monkeypatch, capsys):
     agent.reset(obs)
     action = agent.act()
     assert action.shape == (2,) and abs(action).max() <= 1
+
+
+def test_a_refusal_names_the_nested_fields_that_changed(tmp_path):
+    (tmp_path / "stage.json").write_text('{"world_model": {"config.lr": 1, "preset": "small"}, "steps": 20}')
+    stage = Stage("actor and critic", "", 0.0, lambda: True, lambda: None, folder=tmp_path,
+                  key={"world_model": {"config.lr": 2, "preset": "small"}, "steps": 20})
+    with pytest.raises(ValueError, match=r"was built with world_model.config.lr=1, not world_model.config.lr=2; remove"):
+        check_key(stage)
+    check_key(replace(stage, key={"world_model": {"config.lr": 1, "preset": "small"}, "steps": 20}))
