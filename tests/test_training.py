@@ -200,3 +200,23 @@ def test_the_dynamics_learns_from_cached_latents_as_from_encoded_frames(toy_stor
 
     torch.testing.assert_close(flow_mse(cached), flow_mse(batch), rtol=1e-4, atol=1e-5)
     assert flow_mse(dict(batch, latents=torch.zeros_like(cached["latents"]))) != flow_mse(batch)  # it reads them
+
+
+def test_training_caches_latents_only_where_its_steps_read_more_frames_than_there_are(toy_store, tmp_path, monkeypatch):
+    eps = toy_store.episodes()[:4]
+    stored = sum(info.length + 1 for info in eps)
+    model = world_models.make("dreamer4", "tiny")
+    real_loss, seen = type(model).loss, []
+
+    def recording_loss(self, batch, phase):
+        seen.append((phase, "latents" in batch))
+        return real_loss(self, batch, phase)
+
+    monkeypatch.setattr(type(model), "loss", recording_loss)
+    for steps in (2, stored // (4 * 8) + 1):  # 4 windows of 8 frames a step
+        seen.clear()
+        train(model, toy_store, eps, tmp_path / str(steps), TrainConfig(steps={"tokenizer": 2, "dynamics": steps}, batch=4,
+                                                                        seq_len=8, progress=False))
+        cached = steps * 4 * 8 > stored
+        assert seen == [("tokenizer", False)] * 2 + [("dynamics", cached)] * steps
+    assert cached

@@ -44,7 +44,7 @@ class TrainConfig:
     image_every: int = 250
     seed: int = 0
     progress: bool = True
-    cache_latents: bool = True      # encode each frame once where a phase's encoder is frozen (LatentCache)
+    cache_latents: bool = True      # LatentCache where a phase's encoder is frozen (and its steps read more frames than there are)
 
     @classmethod
     def for_model(cls, model: WorldModel, steps: dict[str, int] | None = None, **kwargs) -> "TrainConfig":
@@ -137,7 +137,9 @@ def train_phase(model: WorldModel, p: int, start: int, optimizer_state: dict | N
     total = cfg.steps[phase]
     windows = getattr(model.cfg, "phase_batches", {}).get(phase, (cfg.batch, cfg.seq_len))
     encoder = model.frozen_encoder(phase) if cfg.cache_latents else None
-    cache = LatentCache(encoder, store, episodes, model.device, progress=cfg.progress and rank.master) if encoder else None
+    reads, stored = (total - start) * windows[0] * windows[1], sum(info.length + 1 for info in episodes)
+    cache = (LatentCache(encoder, store, episodes, model.device, progress=cfg.progress and rank.master)
+             if encoder and reads > stored else None)  # worth it only where the steps read more frames than there are
     with phase_step(model, phase, cfg, rank) as step_fn:
         if optimizer_state is not None:
             step_fn.opt.load_state_dict(optimizer_state)
